@@ -1,0 +1,342 @@
+/* closewait.bpf.c: the kernel half of closewait (compiled by BCC at start-up).
+ *
+ * What it answers: which TCP sockets received the peer's FIN (entered
+ * CLOSE_WAIT) and when, who opened them, and, for the few sockets user space
+ * has judged leaks, which thread and file descriptor finally let them go.
+ *
+ * Rules this file keeps:
+ *  - It reads only tracepoint arguments and BPF helpers, never a kernel
+ *    struct. BCC may compile it against headers of another kernel version,
+ *    and tracepoint layouts are read from tracefs at load time, so this keeps
+ *    it correct on any kernel that has the tracepoints (>= 4.16).
+ *  - Healthy connections cost a few map operations and nothing else: no
+ *    event reaches user space unless user space asked for that socket.
+ *    User space polls the closewait map instead (batch lookups).
+ *  - Every loss is counted in `stats` (see closewait.h) and reported.
+ *
+ * Build-time switches (-D from tracer/bpf_program.py):
+ *  CW_MAX_SOCKS (closewait and watched), CW_MAX_CONNS, CW_MAX_THREADS, CW_MAX_PREEXIST, CW_MAX_TARGETS
+ *  CW_RINGBUF_PAGES   events buffer size; CW_USE_RINGBUF picks the BPF ring
+ *                     buffer (>= 5.8) over the per-CPU perf buffer
+ *  CW_FILTER_PIDS     record fd drops only for tgids in `targets`
+ *  CW_HAVE_CLOSE_RANGE  the kernel has sys_enter_close_range (5.9+)
+ */
+#include <uapi/linux/ptrace.h>
+#include "closewait.h"
+
+/* Address and ports of a socket, as the tracepoint gives them. IPv4 keeps its
+ * 4 bytes at the start of saddr/daddr, the rest zero. 40 bytes and no
+ * implicit padding, so it can be a hash key. */
+struct cw_tuple {
+    u16 family;
+    u16 sport; /* host byte order (the tracepoint converts) */
+    u16 dport;
+    u16 pad;
+    u8 saddr[16];
+    u8 daddr[16];
+};
+
+/* Who opened a connection, recorded at its first state change. */
+struct cw_creator {
+    u64 opened_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 tgid;      /* 0 for accepted sockets: no owner is known then */
+    u32 tid;
+    char comm[16]; /* thread name, e.g. "pool-1-thread-3" */
+    u32 how;       /* CW_OPENED_* */
+    u32 pad;
+};
+
+/* A socket in CLOSE_WAIT. */
+struct cw_sock {
+    u64 fin_ns; /* when the FIN arrived */
+    struct cw_tuple t;
+    struct cw_creator c; /* how == 0: opened before closewait attached */
+};
+
+/* The last fd-dropping syscall a thread entered. */
+struct cw_fd_drop {
+    u64 ts;
+    u32 kind; /* CW_DROP_* */
+    u32 fd_lo;
+    u32 fd_hi; /* inclusive; == fd_lo for close() */
+    u32 pad;
+};
+
+/* Sent to user space when a watched socket leaves CLOSE_WAIT. */
+struct cw_event {
+    u64 ts;
+    u64 skaddr;
+    u64 fin_ns; /* 0 for sockets already in CLOSE_WAIT at attach */
+    struct cw_tuple t;
+    u32 tgid; /* current task: meaningful only in process context */
+    u32 tid;
+    char comm[16];
+    u32 drop_kind; /* CW_DROP_NONE: no recent fd drop in this thread */
+    u32 fd_lo;
+    u32 fd_hi;
+    u16 oldstate;
+    u16 newstate;
+    u32 source; /* CW_SRC_* */
+    u32 pad;
+};
+
+/* Sockets in CLOSE_WAIT, keyed by the socket's kernel address.
+ * A plain hash, deliberately not LRU: an LRU would evict the entries touched
+ * least recently, which are exactly the oldest CLOSE_WAIT sockets, the leaks
+ * this tool exists to find. Entries cannot go stale: tcp_set_state() fires
+ * the tracepoint on every exit from CLOSE_WAIT, and we delete there. When the
+ * map is full a new FIN is counted in CW_STAT_CW_FULL and that socket is
+ * still found by user space through sock_diag, with an estimated age. */
+BPF_TABLE("hash", u64, struct cw_sock, closewait, CW_MAX_SOCKS);
+
+/* Creators of live connections, keyed by socket address. LRU because it is a
+ * cache of metadata: a connection that never reaches CLOSE through
+ * tcp_set_state() would otherwise hold its slot forever, and a host with more
+ * live connections than slots should keep recording new connections. The
+ * entry moves into `closewait` at the FIN, so leaked sockets do not occupy it.
+ * Evictions are computed by user space from CW_STAT_CONN_* and the map size. */
+BPF_TABLE("lru_hash", u64, struct cw_creator, conns, CW_MAX_CONNS);
+
+/* Last fd drop per thread (key: tid). Not deleted at syscall exit on purpose:
+ * close_range() and dup2() release the file through task_work when returning
+ * to user space, after sys_exit (measured on 6.18; close() itself releases
+ * synchronously since 6.7, deferred before). It is consumed by the state
+ * change it explains; otherwise overwritten by the thread's next drop. LRU so
+ * that entries of exited threads recycle themselves. */
+BPF_TABLE("lru_hash", u32, struct cw_fd_drop, fd_drops, CW_MAX_THREADS);
+
+/* Sockets user space judged leaks: address -> the fin_ns of the closewait
+ * entry it judged. User space cannot update a map entry conditionally, so it
+ * does not flag `closewait` entries in place: if the socket left CLOSE_WAIT
+ * and its memory was reused by a new socket in between, a flag written there
+ * would mark the wrong connection. The fin_ns here must match instead. */
+BPF_HASH(watched, u64, u64, CW_MAX_SOCKS);
+
+/* Sockets that were in CLOSE_WAIT before attach and that user space judged
+ * leaks. Their address is unknown (sock_diag does not expose it), so they are
+ * matched by tuple, and only on the rare path of a CLOSE_WAIT exit that is
+ * not in `closewait`. */
+BPF_HASH(preexist, struct cw_tuple, u8, CW_MAX_PREEXIST);
+
+/* Thread-group ids whose fd drops are recorded (with CW_FILTER_PIDS). */
+BPF_HASH(targets, u32, u8, CW_MAX_TARGETS);
+
+BPF_PERCPU_ARRAY(stats, u64, CW_STAT_MAX);
+
+/* Never written: it exists so that BCC hands Python a ctypes class for
+ * struct cw_event (BCC derives classes for map leaves, nested structs
+ * included, but not for nested structs in ring buffer records). */
+BPF_ARRAY(event_layout, struct cw_event, 1);
+
+#ifdef CW_USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, CW_RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+
+static __always_inline void stat_add(u32 idx)
+{
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* BCC defines the tracepoint's argument struct at TRACEPOINT_PROBE, after
+ * the helpers, so reading arguments is a macro expanded in the probe body. */
+#define READ_TUPLE(args, t)                                        \
+    do {                                                           \
+        __builtin_memset(&(t), 0, sizeof(t));                      \
+        (t).family = (args)->family;                               \
+        (t).sport = (args)->sport;                                 \
+        (t).dport = (args)->dport;                                 \
+        if ((args)->family == CW_AF_INET) {                        \
+            __builtin_memcpy((t).saddr, (args)->saddr, 4);         \
+            __builtin_memcpy((t).daddr, (args)->daddr, 4);         \
+        } else {                                                   \
+            __builtin_memcpy((t).saddr, (args)->saddr_v6, 16);     \
+            __builtin_memcpy((t).daddr, (args)->daddr_v6, 16);     \
+        }                                                          \
+    } while (0)
+
+static __always_inline void remove_creator(u64 sk)
+{
+    if (conns.delete(&sk) == 0)
+        stat_add(CW_STAT_CONN_REMOVED);
+}
+
+static __always_inline void record_creator(u64 sk, u32 how)
+{
+    struct cw_creator c = {};
+    c.opened_ns = bpf_ktime_get_ns();
+    c.how = how;
+    if (how == CW_OPENED_CONNECT) {
+        /* connect() runs this transition in the connecting thread itself,
+         * so the current task is the creator. */
+        u64 id = bpf_get_current_pid_tgid();
+        c.tgid = id >> 32;
+        c.tid = (u32)id;
+        bpf_get_current_comm(&c.comm, sizeof(c.comm));
+    }
+    conns.update(&sk, &c);
+    stat_add(CW_STAT_CONN_ADDED);
+}
+
+/* ESTABLISHED -> CLOSE_WAIT: tcp_fin() runs in softirq or in whichever task
+ * processes the packet (on loopback, the peer that sent the FIN), so the
+ * current task says nothing about the owner. Only time and tuple are kept. */
+static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
+{
+    struct cw_sock s = {};
+    s.fin_ns = bpf_ktime_get_ns();
+    s.t = *t;
+    struct cw_creator *c = conns.lookup(&sk);
+    if (c) {
+        s.c = *c;
+        remove_creator(sk);
+    }
+    stat_add(CW_STAT_FIN);
+    if (closewait.insert(&sk, &s) != 0)
+        stat_add(CW_STAT_CW_FULL);
+}
+
+/* Leaving CLOSE_WAIT. When the application drops the last reference to the
+ * socket (close() and friends), tcp_close() moves it to LAST_ACK, or to CLOSE
+ * with an RST when unread data was still queued, in the closing thread. An
+ * RST from the peer moves it to CLOSE in softirq, where the current task is
+ * unrelated; so is a keepalive timeout. User space tells these apart by
+ * checking whether the fds that held the socket still do. */
+static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_tuple *t,
+                                             int oldstate, int newstate)
+{
+    struct cw_event e = {};
+    struct cw_sock *s = closewait.lookup(&sk);
+
+    stat_add(CW_STAT_CW_LEFT);
+    if (s) {
+        e.fin_ns = s->fin_ns;
+        e.t = s->t; /* copied before the delete, for the same reason */
+        closewait.delete(&sk);
+        u64 *judged = watched.lookup(&sk);
+        if (!judged)
+            return; /* the healthy path ends here */
+        /* Read before deleting: a preallocated hash recycles the element
+         * at once. */
+        u64 judged_fin = *judged;
+        watched.delete(&sk);
+        if (judged_fin != e.fin_ns)
+            return; /* judged an earlier socket at the same address */
+        e.source = CW_SRC_MAP;
+    } else {
+        /* Rare: in CLOSE_WAIT since before attach, or the map was full. */
+        e.t = *t;
+        if (preexist.lookup(&e.t) == 0)
+            return;
+        preexist.delete(&e.t);
+        e.source = CW_SRC_PREEXIST;
+    }
+
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    e.ts = bpf_ktime_get_ns();
+    e.skaddr = sk;
+    e.tgid = id >> 32;
+    e.tid = tid;
+    e.oldstate = oldstate;
+    e.newstate = newstate;
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+
+    struct cw_fd_drop *d = fd_drops.lookup(&tid);
+    if (d) {
+        if (e.ts - d->ts < CW_DROP_MAX_AGE_NS) {
+            e.drop_kind = d->kind;
+            e.fd_lo = d->fd_lo;
+            e.fd_hi = d->fd_hi;
+        } else {
+            stat_add(CW_STAT_DROPS_STALE);
+        }
+        fd_drops.delete(&tid);
+    }
+
+#ifdef CW_USE_RINGBUF
+    if (events.ringbuf_output(&e, sizeof(e), 0) != 0) {
+#else
+    if (events.perf_submit(ctx, &e, sizeof(e)) != 0) {
+#endif
+        stat_add(CW_STAT_EVENTS_LOST);
+        return;
+    }
+    stat_add(CW_STAT_EVENTS);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != CW_IPPROTO_TCP)
+        return 0;
+
+    u64 sk = (u64)args->skaddr;
+    int oldstate = args->oldstate;
+    int newstate = args->newstate;
+
+    if (newstate == CW_TCP_CLOSE_WAIT || oldstate == CW_TCP_CLOSE_WAIT) {
+        struct cw_tuple t;
+        READ_TUPLE(args, t);
+        if (newstate == CW_TCP_CLOSE_WAIT)
+            enter_close_wait(sk, &t);
+        else
+            leave_close_wait(args, sk, &t, oldstate, newstate);
+    } else if (oldstate == CW_TCP_CLOSE && newstate == CW_TCP_SYN_SENT) {
+        record_creator(sk, CW_OPENED_CONNECT);
+    } else if (oldstate == CW_TCP_SYN_RECV && newstate == CW_TCP_ESTABLISHED) {
+        record_creator(sk, CW_OPENED_ACCEPT);
+    }
+    /* A connection that ends without passing CLOSE_WAIT (we closed first,
+     * or it failed) frees its creator slot here. */
+    if (newstate == CW_TCP_CLOSE && oldstate != CW_TCP_CLOSE_WAIT)
+        remove_creator(sk);
+    return 0;
+}
+
+static __always_inline void record_fd_drop(u32 kind, u32 fd_lo, u32 fd_hi)
+{
+    u64 id = bpf_get_current_pid_tgid();
+#ifdef CW_FILTER_PIDS
+    u32 tgid = id >> 32;
+    if (targets.lookup(&tgid) == 0)
+        return;
+#endif
+    u32 tid = (u32)id;
+    struct cw_fd_drop d = {};
+    d.ts = bpf_ktime_get_ns();
+    d.kind = kind;
+    d.fd_lo = fd_lo;
+    d.fd_hi = fd_hi;
+    fd_drops.update(&tid, &d);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+    record_fd_drop(CW_DROP_CLOSE, args->fd, args->fd);
+    return 0;
+}
+
+#ifdef CW_HAVE_CLOSE_RANGE
+/* close_range(2) (Linux 5.9+) and glibc's closefrom(). With
+ * CLOSE_RANGE_CLOEXEC (4) it only marks the fds close-on-exec. */
+TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
+{
+    if (args->flags & 4)
+        return 0;
+    record_fd_drop(CW_DROP_CLOSE_RANGE, args->fd, args->max_fd);
+    return 0;
+}
+#endif
+
+/* A thread exits. sched_process_exit fires in do_exit() before
+ * exit_files(); when the last thread goes, exit_files() drops every fd and
+ * the sockets are released by task_work in that same thread, so a
+ * CLOSE_WAIT exit that follows is the process's exit, not a close(). */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    record_fd_drop(CW_DROP_EXIT, 0, 0xffffffff);
+    return 0;
+}

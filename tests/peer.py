@@ -1,0 +1,109 @@
+"""A process that opens, holds and closes sockets on command, for tests.
+
+Tests run it as a child (possibly in another network namespace) and talk to
+it with one JSON object per line on stdin/stdout. Every reply carries
+`mono`, CLOCK_MONOTONIC in ns right after the operation: the same clock as
+the kernel's bpf_ktime_get_ns(), so tests can compute true ages.
+
+It deliberately uses only the standard library: it must start fast and run
+under any python3 in any namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+def main() -> None:
+    socks: dict[int, socket.socket] = {}
+    children: list[int] = []
+
+    def reply(**kw: object) -> None:
+        kw["mono"] = time.monotonic_ns()
+        kw["wall"] = time.time()
+        sys.stdout.write(json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+    reply(pid=os.getpid())
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        try:
+            if op == "listen":
+                fam = socket.AF_INET6 if cmd.get("v6") else socket.AF_INET
+                s = socket.socket(fam, socket.SOCK_STREAM)
+                s.bind((cmd.get("addr", "::1" if cmd.get("v6") else "127.0.0.1"), 0))
+                s.listen(1024)
+                socks[s.fileno()] = s
+                reply(fd=s.fileno(), port=s.getsockname()[1])
+            elif op == "connect":
+                n = int(cmd.get("n", 1))
+                fds = []
+                for _ in range(n):
+                    s = socket.create_connection((cmd["addr"], cmd["port"]))
+                    socks[s.fileno()] = s
+                    fds.append(s.fileno())
+                reply(fd=fds[0], fds=fds, local_port=socks[fds[0]].getsockname()[1])
+            elif op == "accept":
+                n = int(cmd.get("n", 1))
+                lst = socks[cmd["fd"]]
+                fds = []
+                for _ in range(n):
+                    a, _ = lst.accept()
+                    socks[a.fileno()] = a
+                    fds.append(a.fileno())
+                reply(fd=fds[0], fds=fds)
+            elif op == "send":
+                socks[cmd["fd"]].sendall(b"d" * int(cmd["n"]))
+                reply()
+            elif op == "close":
+                for fd in cmd.get("fds", [cmd.get("fd")]):
+                    socks.pop(fd).close()
+                reply()
+            elif op == "closerange":
+                os.closerange(cmd["lo"], cmd["hi"] + 1)
+                for fd in range(cmd["lo"], cmd["hi"] + 1):
+                    s = socks.pop(fd, None)
+                    if s is not None:
+                        s.detach()
+                reply()
+            elif op == "dup":
+                new = os.dup(cmd["fd"])
+                socks[new] = socket.socket(fileno=new)
+                reply(fd=new)
+            elif op == "fork_hold":
+                # The child keeps every fd and sleeps; the parent may close its copy.
+                pid = os.fork()
+                if pid == 0:
+                    # Die with the parent, even if the test kills it with SIGKILL.
+                    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                    os.close(0)
+                    time.sleep(3600)
+                    os._exit(0)
+                children.append(pid)
+                reply(child=pid)
+            elif op == "exit":
+                reply()
+                break
+            else:
+                reply(error=f"unknown op {op}")
+        except Exception as exc:  # report, keep serving
+            reply(error=f"{type(exc).__name__}: {exc}")
+    for pid in children:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()

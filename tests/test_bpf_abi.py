@@ -1,0 +1,59 @@
+"""The C and Python sides agree: constants from closewait.h, layouts from BCC."""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+
+import pytest
+from pyroute2.netlink.diag import SS_CLOSE, SS_CLOSE_WAIT, SS_ESTABLISHED, SS_LAST_ACK, SS_SYN_SENT
+
+from tracer.bpf_abi import constants
+
+
+def test_header_constants_match_the_kernel_abi() -> None:
+    c = constants()
+    assert (c["CW_TCP_ESTABLISHED"], c["CW_TCP_SYN_SENT"], c["CW_TCP_CLOSE"]) == (
+        SS_ESTABLISHED, SS_SYN_SENT, SS_CLOSE,
+    )  # fmt: skip
+    assert (c["CW_TCP_CLOSE_WAIT"], c["CW_TCP_LAST_ACK"]) == (SS_CLOSE_WAIT, SS_LAST_ACK)
+    assert (c["CW_AF_INET"], c["CW_AF_INET6"], c["CW_IPPROTO_TCP"]) == (
+        socket.AF_INET, socket.AF_INET6, socket.IPPROTO_TCP,
+    )  # fmt: skip
+    assert c["CW_DROP_MAX_AGE_NS"] == 1_000_000_000
+    stats = sorted(v for k, v in c.items() if k.startswith("CW_STAT_") and k != "CW_STAT_MAX")
+    assert stats == list(range(c["CW_STAT_MAX"])), "stat indexes must be dense"
+
+
+@pytest.mark.bpf
+def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
+    b = probe._bpf
+    tuple_t = b[b"closewait"].Leaf._fields_[1][1]
+    assert ctypes.sizeof(tuple_t) == 40, "cw_tuple must stay 40 bytes without padding (hash key)"
+    assert ctypes.sizeof(b[b"preexist"].Key) == 40
+    names = lambda t: [f[0] for f in t._fields_]  # noqa: E731
+    assert names(b[b"closewait"].Leaf) == ["fin_ns", "t", "c"]
+    assert names(tuple_t) == ["family", "sport", "dport", "pad", "saddr", "daddr"]
+    assert names(b[b"closewait"].Leaf._fields_[2][1])[:5] == [
+        "opened_ns",
+        "tgid",
+        "tid",
+        "comm",
+        "how",
+    ]
+    ev = names(b[b"event_layout"].Leaf)
+    wanted = [
+        "ts",
+        "skaddr",
+        "fin_ns",
+        "t",
+        "tgid",
+        "tid",
+        "comm",
+        "drop_kind",
+        "fd_lo",
+        "fd_hi",
+        "newstate",
+        "source",
+    ]
+    assert set(wanted) <= set(ev)

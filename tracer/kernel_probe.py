@@ -1,0 +1,351 @@
+"""The BPF side seen from Python: compile and attach, read maps, receive events, detach.
+
+All BCC calls live here. Everything returned is a plain record from
+tracer.model, so nothing above this module touches ctypes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tracer import bpf_maps, preflight
+from tracer.bpf_abi import bpf_dir, const
+from tracer.errors import CloseWaitError
+from tracer.exitcodes import ExitStatus
+from tracer.model import Creator, KernelSock, LeftCloseWait, ProbeStats, SockTuple
+
+# Limits for map sizes given on the command line: the BPF hash maps are
+# preallocated, so a huge number would pin that much kernel memory.
+MAX_MAP_ENTRIES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What to compile into the program. Sizes are entries, not bytes."""
+
+    max_sockets: int = 65536  # closewait, watched and preexist maps
+    max_conns: int = 65536  # creators of live connections (LRU)
+    max_threads: int = 32768  # pending fd drops (LRU)
+    max_targets: int = 1024
+    buffer_pages: int = 64  # ring buffer size in pages (power of two)
+    filter_pids: bool = False  # record fd drops of targets only
+    ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
+
+    def cflags(self, have_close_range: bool) -> list[str]:
+        use_rb = preflight.ringbuf_supported() if self.ring_buffer is None else self.ring_buffer
+        flags = [
+            f"-I{bpf_dir()}",
+            f"-DCW_MAX_SOCKS={self.max_sockets}",
+            f"-DCW_MAX_PREEXIST={self.max_sockets}",
+            f"-DCW_MAX_CONNS={self.max_conns}",
+            f"-DCW_MAX_THREADS={self.max_threads}",
+            f"-DCW_MAX_TARGETS={self.max_targets}",
+            f"-DCW_RINGBUF_PAGES={self.buffer_pages}",
+        ]
+        if use_rb:
+            flags.append("-DCW_USE_RINGBUF")
+        if self.filter_pids:
+            flags.append("-DCW_FILTER_PIDS")
+        if have_close_range:
+            flags.append("-DCW_HAVE_CLOSE_RANGE")
+        return flags
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what C code (clang, libbpf, the verifier) writes to fd 2.
+
+    BCC prints compiler and verifier diagnostics straight to the process's
+    stderr; captured, they can be condensed into one line on failure.
+    """
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
+def _first_diagnostic(lines: list[str]) -> str:
+    for pattern in (
+        r"\berror:",
+        r"fatal error",
+        r"Permission denied|Operation not permitted",
+    ):
+        for line in lines:
+            if re.search(pattern, line):
+                return line.strip()
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+def _classify_load_error(exc: Exception, diag: list[str]) -> CloseWaitError:
+    """Turn BCC's generic exceptions into an exit status and one line."""
+    text = str(exc)
+    detail = _first_diagnostic(diag)
+    joined = "\n".join(diag)
+    if "compile" in text.lower():
+        if "file not found" in joined or "No such file" in joined:
+            return CloseWaitError(
+                ExitStatus.NO_HEADERS,
+                f"BCC cannot compile closewait: kernel headers incomplete ({detail}); "
+                "fix: install linux-headers-$(uname -r) or run scripts/setup.sh",
+            )
+        return CloseWaitError(
+            ExitStatus.INTERNAL,
+            f"BCC failed to compile closewait.bpf.c: {detail or text}",
+        )
+    if "attach" in text.lower() and "tracepoint" in text.lower():
+        return CloseWaitError(
+            ExitStatus.NO_TRACEPOINT, f"cannot attach to a tracepoint: {text.strip()}"
+        )
+    if "Operation not permitted" in text or "Permission denied" in text:
+        return CloseWaitError(
+            ExitStatus.NO_BPF,
+            f"the kernel refused the BPF program ({text.strip()}); "
+            "fix: run as real root on the host, not in an unprivileged container",
+        )
+    return CloseWaitError(
+        ExitStatus.NO_BPF,
+        f"cannot load the BPF program: {text.strip()} {detail}".strip(),
+    )
+
+
+class KernelProbe:
+    """A loaded and attached closewait.bpf.c. Use as a context manager, or call close()."""
+
+    def __init__(self, config: ProbeConfig | None = None) -> None:
+        from bcc import BPF  # imported late: preflight reports a missing bcc cleanly
+
+        self.config = config or ProbeConfig()
+        for name in ("max_sockets", "max_conns", "max_threads", "max_targets"):
+            value = getattr(self.config, name)
+            if not 1 <= value <= MAX_MAP_ENTRIES:
+                raise CloseWaitError(
+                    ExitStatus.USAGE, f"{name} must be between 1 and {MAX_MAP_ENTRIES}"
+                )
+        pages = self.config.buffer_pages
+        if pages < 1 or pages & (pages - 1):
+            raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
+
+        root = preflight.tracefs_root()
+        have_close_range = bool(
+            root and (root / "events/syscalls/sys_enter_close_range/format").is_file()
+        )
+        self.have_close_range = have_close_range
+        self.compile_messages: list[str] = []
+        try:
+            with _captured_stderr() as diag:
+                self._bpf = BPF(
+                    src_file=str(bpf_dir() / "closewait.bpf.c").encode(),
+                    cflags=self.config.cflags(have_close_range),
+                )
+        except Exception as exc:  # BCC raises bare Exception for every failure
+            raise _classify_load_error(exc, diag) from exc
+        self.compile_messages = diag
+        self.ring_buffer = "-DCW_USE_RINGBUF" in self.config.cflags(have_close_range)
+        b = self._bpf
+        self._closewait = b[b"closewait"]
+        self._watched = b[b"watched"]
+        self._preexist = b[b"preexist"]
+        self._targets = b[b"targets"]
+        self._stats = b[b"stats"]
+        self._conns = b[b"conns"]
+        self._events = b[b"events"]
+        self._event_type = ctypes.POINTER(b[b"event_layout"].Leaf)
+        self.decode_errors = 0
+        self._reader = bpf_maps.BatchReader(self._closewait)
+        self._cache: dict[int, KernelSock] = {}
+        self._pending: list[LeftCloseWait] = []
+        self._perf_lost = 0
+        if self.ring_buffer:
+            self._events.open_ring_buffer(self._on_event)
+        else:
+            self._events.open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach every program and free the maps. Safe to call twice."""
+        b = getattr(self, "_bpf", None)
+        if b is not None:
+            self._bpf = None
+            b.cleanup()
+
+    def __enter__(self) -> KernelProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- targets -----------------------------------------------------------
+
+    def set_targets(self, pids: set[int]) -> None:
+        """Thread groups whose fd drops are recorded (with filter_pids)."""
+        t = self._targets
+        current = {k.value for k in t}
+        for pid in current - pids:
+            bpf_maps.delete(t, t.Key(pid))
+        for pid in pids - current:
+            bpf_maps.update(t, t.Key(pid), t.Leaf(1))
+
+    # -- reading -----------------------------------------------------------
+
+    def read_sockets(self) -> dict[int, KernelSock]:
+        """Every socket that entered CLOSE_WAIT since attach and is still there.
+
+        Entries already decoded on an earlier call are reused, so a refresh
+        costs one batch syscall plus work for new entries only.
+        """
+        n = self._reader.read()
+        keys, values = self._reader.keys, self._reader.values
+        old = self._cache
+        fresh: dict[int, KernelSock] = {}
+        for i in range(n):
+            sk = keys[i].value if hasattr(keys[i], "value") else int(keys[i])
+            v = values[i]
+            known = old.get(sk)
+            if known is not None and known.fin_ns == v.fin_ns:
+                fresh[sk] = known
+            else:
+                fresh[sk] = _decode_sock(sk, v)
+        self._cache = fresh
+        return fresh
+
+    def watch(self, sk: int, fin_ns: int) -> bool:
+        """Ask for an event when this socket leaves CLOSE_WAIT."""
+        w = self._watched
+        return bpf_maps.update(w, w.Key(sk), w.Leaf(fin_ns))
+
+    def unwatch(self, sk: int) -> None:
+        w = self._watched
+        bpf_maps.delete(w, w.Key(sk))
+
+    def watched(self) -> dict[int, int]:
+        return {k.value: v.value for k, v in self._watched.items()}
+
+    def watch_preexisting(self, t: SockTuple) -> bool:
+        """Ask for an event when a socket in CLOSE_WAIT since before attach leaves it."""
+        p = self._preexist
+        return bpf_maps.update(p, _tuple_key(p.Key, t), p.Leaf(1))
+
+    def unwatch_preexisting(self, t: SockTuple) -> None:
+        p = self._preexist
+        bpf_maps.delete(p, _tuple_key(p.Key, t))
+
+    def stats(self) -> ProbeStats:
+        s = self._stats
+        values = {name: bpf_maps.percpu_sum(s, const(f"CW_STAT_{name}")) for name in _STAT_NAMES}
+        added, removed = values["CONN_ADDED"], values["CONN_REMOVED"]
+        evicted = 0
+        # An LRU map evicts silently. Every entry added was either removed by
+        # the program, is still there, or was evicted; count the live ones
+        # only when evictions are possible (LRU lists can evict before full).
+        if added - removed > self.config.max_conns // 2:
+            live = sum(1 for _ in self._conns)
+            evicted = max(0, added - removed - live)
+        return ProbeStats(
+            fins=values["FIN"],
+            cw_full=values["CW_FULL"],
+            cw_left=values["CW_LEFT"],
+            conns_added=added,
+            conns_removed=removed,
+            conns_evicted=evicted,
+            events=values["EVENTS"],
+            events_lost=values["EVENTS_LOST"] + self._perf_lost,
+            drops_stale=values["DROPS_STALE"],
+        )
+
+    # -- events ------------------------------------------------------------
+
+    def _on_event(self, *args: Any) -> int:
+        # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
+        try:
+            self._pending.append(self._decode_event(args[1]))
+        except Exception:  # never let a bad record kill the callback chain
+            self.decode_errors += 1
+        return 0
+
+    def _decode_event(self, data: Any) -> LeftCloseWait:
+        e = ctypes.cast(data, self._event_type).contents
+        return LeftCloseWait(
+            ts_ns=e.ts,
+            sk=e.skaddr,
+            fin_ns=e.fin_ns,
+            tuple=_decode_tuple(e.t),
+            tgid=e.tgid,
+            tid=e.tid,
+            comm=bytes(e.comm).rstrip(b"\0").decode("utf-8", "surrogateescape"),
+            drop_kind=e.drop_kind,
+            fd_lo=e.fd_lo,
+            fd_hi=e.fd_hi,
+            newstate=e.newstate,
+            preexisting=e.source == const("CW_SRC_PREEXIST"),
+        )
+
+    def _on_lost(self, count: int) -> None:
+        self._perf_lost += count
+
+    def poll(self, timeout_ms: int) -> list[LeftCloseWait]:
+        """Wait up to timeout_ms for events (0: just drain); return what arrived."""
+        if self._bpf is None:
+            return []
+        if self.ring_buffer:
+            if timeout_ms:
+                self._bpf.ring_buffer_poll(timeout_ms)
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+
+_STAT_NAMES = (
+    "FIN",
+    "CW_FULL",
+    "CW_LEFT",
+    "CONN_ADDED",
+    "CONN_REMOVED",
+    "EVENTS",
+    "EVENTS_LOST",
+    "DROPS_STALE",
+)
+
+
+def _decode_tuple(t: Any) -> SockTuple:
+    return SockTuple.from_bytes(t.family, bytes(t.saddr), t.sport, bytes(t.daddr), t.dport)
+
+
+def _decode_sock(sk: int, v: Any) -> KernelSock:
+    c = v.c
+    creator = None
+    if c.how:
+        creator = Creator(
+            opened_ns=c.opened_ns,
+            tgid=c.tgid,
+            tid=c.tid,
+            comm=bytes(c.comm).rstrip(b"\0").decode("utf-8", "surrogateescape"),
+            accepted=c.how == const("CW_OPENED_ACCEPT"),
+        )
+    return KernelSock(sk=sk, fin_ns=v.fin_ns, tuple=_decode_tuple(v.t), creator=creator)
+
+
+def _tuple_key(key_type: Any, t: SockTuple) -> Any:
+    k = key_type()
+    k.family, k.sport, k.dport = t.family, t.local_port, t.remote_port
+    src, dst = t.addr_bytes()
+    for i in range(16):
+        k.saddr[i] = src[i]
+        k.daddr[i] = dst[i]
+    return k

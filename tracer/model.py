@@ -1,0 +1,190 @@
+"""The facts closewait deals in, as plain immutable records.
+
+Producers (kernel_probe, sockdiag, procfs) turn raw bytes into these;
+correlate combines them; render prints them. None of them does I/O.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, order=True)
+class SockTuple:
+    """A TCP connection's addresses, from the socket's own point of view.
+
+    Addresses are canonical text (inet_ntop), so a tuple built from the
+    tracepoint's bytes equals one built from sock_diag's. Unique within one
+    network namespace only.
+    """
+
+    family: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+
+    @classmethod
+    def from_bytes(
+        cls, family: int, saddr: bytes, sport: int, daddr: bytes, dport: int
+    ) -> SockTuple:
+        size = 4 if family == socket.AF_INET else 16
+        return cls(
+            family,
+            socket.inet_ntop(family, bytes(saddr[:size])),
+            sport,
+            socket.inet_ntop(family, bytes(daddr[:size])),
+            dport,
+        )
+
+    def addr_bytes(self) -> tuple[bytes, bytes]:
+        """Source and destination padded to 16 bytes, as the BPF tuple key stores them."""
+        return (
+            socket.inet_pton(self.family, self.local_ip).ljust(16, b"\0"),
+            socket.inet_pton(self.family, self.remote_ip).ljust(16, b"\0"),
+        )
+
+    @property
+    def local(self) -> str:
+        return format_endpoint(self.family, self.local_ip, self.local_port)
+
+    @property
+    def remote(self) -> str:
+        return format_endpoint(self.family, self.remote_ip, self.remote_port)
+
+
+def format_endpoint(family: int, ip: str, port: int) -> str:
+    """`1.2.3.4:80` or `[::1]:80`, as ss prints them."""
+    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+
+
+@dataclass(frozen=True)
+class Creator:
+    """Who opened a connection, as the kernel saw it at connect() or accept time."""
+
+    opened_ns: int
+    tgid: int  # 0 when unknown (accepted sockets: the handshake ends in softirq)
+    tid: int
+    comm: str
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class KernelSock:
+    """An entry of the BPF closewait map: a socket that got its FIN since attach."""
+
+    sk: int
+    fin_ns: int
+    tuple: SockTuple
+    creator: Creator | None
+
+
+@dataclass(frozen=True)
+class DiagSock:
+    """A socket in CLOSE_WAIT as sock_diag reports it, in one network namespace."""
+
+    netns: int
+    tuple: SockTuple
+    inode: int
+    uid: int
+    recv_q: int  # unread bytes (sock_diag's rqueue counts the FIN as one more)
+    last_ack_recv_ms: int | None  # tcp_info; about the time since the FIN when idle
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A file descriptor of a process that refers to a socket."""
+
+    pid: int
+    fd: int
+
+
+@dataclass(frozen=True)
+class LeftCloseWait:
+    """A watched socket left CLOSE_WAIT (decoded BPF event)."""
+
+    ts_ns: int
+    sk: int
+    fin_ns: int  # 0 when the socket was in CLOSE_WAIT before attach
+    tuple: SockTuple
+    tgid: int
+    tid: int
+    comm: str
+    drop_kind: int  # CW_DROP_* of closewait.h
+    fd_lo: int
+    fd_hi: int
+    newstate: int
+    preexisting: bool
+
+
+@dataclass
+class Leak:
+    """A socket in CLOSE_WAIT that a target process still holds open.
+
+    Mutable: holders, recv_q and comm are refreshed while it lasts.
+    """
+
+    inode: int
+    netns: int
+    tuple: SockTuple
+    fin_ns: int  # exact (from the kernel) or estimated, see age_exact
+    age_exact: bool
+    preexisting: bool  # in CLOSE_WAIT before closewait attached
+    first_seen_ns: int
+    holders: list[Holder]
+    comms: dict[int, str]
+    recv_q: int
+    uid: int
+    sk: int | None = None  # kernel address, when the FIN was seen
+    creator: Creator | None = None
+
+    def age_s(self, now_ns: int) -> float:
+        return max(0, now_ns - self.fin_ns) / NS_PER_S
+
+    @property
+    def pid(self) -> int:
+        return self.holders[0].pid
+
+    @property
+    def fds(self) -> list[int]:
+        """The fds of the first holder's process that refer to this socket."""
+        return [h.fd for h in self.holders if h.pid == self.pid]
+
+
+@dataclass(frozen=True)
+class LeakEnded:
+    """A leak stopped: the socket left CLOSE_WAIT or no target holds it any more."""
+
+    leak: Leak
+    ts_ns: int
+    reason: str  # "closed", "reset", "released", "exited", "gone"
+    exact: bool  # ts_ns from a kernel event rather than a poll
+    by_pid: int | None = None
+    by_tid: int | None = None
+    by_comm: str | None = None
+    by_fd: int | None = None
+    drop: str | None = None  # "close", "close_range"
+    still_held: list[Holder] = field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float:
+        """FIN-to-end delay in seconds."""
+        return max(0, self.ts_ns - self.leak.fin_ns) / NS_PER_S
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """Counters of the BPF side, summed over CPUs since attach."""
+
+    fins: int = 0
+    cw_full: int = 0
+    cw_left: int = 0
+    conns_added: int = 0
+    conns_removed: int = 0
+    conns_evicted: int = 0
+    events: int = 0
+    events_lost: int = 0
+    drops_stale: int = 0
