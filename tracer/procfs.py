@@ -1,0 +1,153 @@
+"""Read-only facts about processes from /proc.
+
+Processes come and go while closewait reads: every function here treats a
+vanished /proc entry as an ordinary outcome (ProcessGone, or skipping that
+fd), never as an error. Nothing here opens a process's sockets: fds are only
+readlink()ed, so the traced process keeps sole ownership of them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tracer.model import Holder
+
+PROC = "/proc"
+_SOCKET_PREFIX = "socket:["
+
+
+class ProcessGone(Exception):
+    """The process exited (or was never there)."""
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid plus its start time, so a recycled pid is not mistaken for the target."""
+
+    pid: int
+    start_ticks: int
+
+
+def identify(pid: int) -> ProcessId:
+    return ProcessId(pid, start_ticks(pid))
+
+
+def start_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: start time in clock ticks since boot."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    # comm may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def is_alive(ident: ProcessId) -> bool:
+    """True while the same process (not a recycled pid) exists and is not a zombie."""
+    try:
+        with open(f"{PROC}/{ident.pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[19]) == ident.start_ticks
+
+
+def comm(pid: int) -> str:
+    """The process's name (its main thread's comm), raw: escape before printing."""
+    try:
+        with open(f"{PROC}/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise ProcessGone(pid) from exc
+
+
+def thread_comm(pid: int, tid: int) -> str | None:
+    try:
+        with open(f"{PROC}/{pid}/task/{tid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+def netns_inode(pid: int) -> int:
+    """Identity of the process's network namespace (inode of /proc/PID/ns/net)."""
+    try:
+        return os.stat(f"{PROC}/{pid}/ns/net").st_ino
+    except OSError as exc:
+        raise ProcessGone(pid) from exc
+
+
+def all_pids() -> list[int]:
+    """Every process (thread group) on the host, as visible in this pid namespace."""
+    return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def socket_fds(pid: int) -> dict[int, list[int]]:
+    """Socket inode -> the fds of `pid` that refer to it.
+
+    One getdents pass and one readlink per fd, through a directory fd so the
+    kernel does not resolve /proc/PID/fd for every entry.
+    """
+    try:
+        dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    except PermissionError as exc:  # not root, or a process we may not inspect
+        raise ProcessGone(pid) from exc
+    out: dict[int, list[int]] = {}
+    try:
+        for name in os.listdir(dirfd):
+            try:
+                target = os.readlink(name, dir_fd=dirfd)
+            except OSError:
+                continue  # closed between listdir and readlink
+            if target.startswith(_SOCKET_PREFIX):
+                out.setdefault(int(target[8:-1]), []).append(int(name))
+    except OSError:
+        pass  # the process exited while we read: keep what we saw
+    finally:
+        os.close(dirfd)
+    for fds in out.values():
+        fds.sort()
+    return out
+
+
+def holders_of(pids: Iterable[int]) -> dict[int, list[Holder]]:
+    """Socket inode -> every (pid, fd) among `pids` holding it. Exited pids are skipped."""
+    out: dict[int, list[Holder]] = {}
+    for pid in pids:
+        try:
+            per_pid = socket_fds(pid)
+        except ProcessGone:
+            continue
+        for inode, fds in per_pid.items():
+            out.setdefault(inode, []).extend(Holder(pid, fd) for fd in fds)
+    return out
+
+
+def still_holding(holders: Iterable[Holder], inode: int) -> list[Holder]:
+    """The holders whose fd still refers to socket `inode` (one readlink each)."""
+    want = f"socket:[{inode}]"
+    out = []
+    for h in holders:
+        try:
+            if os.readlink(f"{PROC}/{h.pid}/fd/{h.fd}") == want:
+                out.append(h)
+        except OSError:
+            continue
+    return out
+
+
+def fd_limit(pid: int) -> int | None:
+    """Soft RLIMIT_NOFILE of the process, or None if unknown/unlimited."""
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
