@@ -1,0 +1,202 @@
+"""The correlation logic on hand-made observations: every rule, in milliseconds.
+
+The same rules run against the real kernel in test_watch_kernel.py; here
+each edge case (namespaces sharing a tuple, lost events, exits) is pinned
+down without having to provoke it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from tracer.bpf_abi import const
+from tracer.correlate import LeakTracker, Observation, estimated_fin_ns
+from tracer.model import NS_PER_S, Creator, DiagSock, Holder, KernelSock, LeftCloseWait, SockTuple
+
+S = NS_PER_S
+NS1, NS2 = 4026531833, 4026532177
+T1 = SockTuple(socket.AF_INET, "10.0.0.1", 40000, "10.0.0.9", 8080)
+T2 = SockTuple(socket.AF_INET6, "::1", 40001, "::1", 8080)
+
+
+def diag(
+    t: SockTuple, inode: int, netns: int = NS1, recv_q: int = 0, last_ack_ms: int | None = None
+) -> DiagSock:
+    return DiagSock(netns, t, inode, 1000, recv_q, last_ack_ms)
+
+
+def ksock(sk: int, fin_ns: int, t: SockTuple, tgid: int = 0) -> KernelSock:
+    creator = Creator(fin_ns - S, tgid, tgid, "pool-1-thread-1", False) if tgid else None
+    return KernelSock(sk, fin_ns, t, creator)
+
+
+def obs(
+    now: int, kernel=(), diags=(), holders=None, events=(), exited=(), netns=(NS1, NS2)
+) -> Observation:
+    return Observation(
+        now_ns=now,
+        kernel={k.sk: k for k in kernel},
+        diag=list(diags),
+        holders=holders or {},
+        comms={100: "java", 200: "child"},
+        events=list(events),
+        queried_netns=set(netns),
+        exited=set(exited),
+    )
+
+
+def event(
+    sk: int,
+    t: SockTuple,
+    ts: int,
+    tgid: int,
+    drop: str | None,
+    fd: int = 0,
+    newstate: str = "CW_TCP_LAST_ACK",
+    preexisting: bool = False,
+) -> LeftCloseWait:
+    kind = const(f"CW_DROP_{drop.upper()}") if drop else const("CW_DROP_NONE")
+    return LeftCloseWait(ts, sk, 0 if preexisting else 1, t, tgid, tgid, "worker", kind, fd, fd,
+                         const(newstate), preexisting)  # fmt: skip
+
+
+def nobody(_leak) -> list[Holder]:
+    return []
+
+
+def tracked(attach: int = 0, min_age: float = 5) -> LeakTracker:
+    return LeakTracker(min_age, attach_ns=attach)
+
+
+def test_a_socket_becomes_a_leak_only_after_min_age_and_only_if_a_target_holds_it() -> None:
+    tr = tracked()
+    k = ksock(0xA, 10 * S, T1, tgid=100)
+    held = {1: [Holder(100, 7)]}
+    assert tr.update(obs(14 * S, [k], [diag(T1, 1)], held), nobody).new == []
+    assert tr.update(obs(16 * S, [k], [diag(T1, 1)], {}), nobody).new == []  # not held
+    ch = tr.update(obs(16 * S, [k], [diag(T1, 1, recv_q=42)], held), nobody)
+    (leak,) = ch.new
+    assert ch.watch == [leak]
+    assert (leak.pid, leak.fds, leak.recv_q, leak.sk) == (100, [7], 42, 0xA)
+    assert leak.age_exact and not leak.preexisting and leak.age_s(16 * S) == 6
+    assert leak.creator is not None and leak.creator.tgid == 100
+    # Seen again: not new, not watched twice.
+    ch = tr.update(obs(18 * S, [k], [diag(T1, 1)], held), nobody)
+    assert ch.new == [] and ch.watch == [] and len(tr.leaks) == 1
+
+
+def test_socket_unknown_to_the_kernel_gets_an_estimated_age_from_tcp_info() -> None:
+    tr = tracked(attach=100 * S)
+    ch = tr.update(
+        obs(101 * S, [], [diag(T1, 1, last_ack_ms=30_000)], {1: [Holder(100, 3)]}), nobody
+    )
+    (leak,) = ch.new
+    assert not leak.age_exact and leak.preexisting
+    assert leak.fin_ns == 71 * S and leak.sk is None
+
+
+def test_without_tcp_info_the_estimate_is_zero_age() -> None:
+    assert estimated_fin_ns(diag(T1, 1, last_ack_ms=None), 5 * S) == 5 * S
+
+
+def test_same_tuple_in_two_namespaces_is_matched_by_closest_fin() -> None:
+    tr = tracked()
+    k1, k2 = ksock(0xA, 10 * S, T1), ksock(0xB, 50 * S, T1)
+    d1 = diag(T1, 1, NS1, last_ack_ms=90_000)  # FIN about 10 s after boot
+    d2 = diag(T1, 2, NS2, last_ack_ms=50_000)  # about 50 s
+    ch = tr.update(
+        obs(100 * S, [k1, k2], [d1, d2], {1: [Holder(100, 3)], 2: [Holder(200, 4)]}), nobody
+    )
+    by_inode = {lk.inode: lk for lk in ch.new}
+    assert by_inode[1].sk == 0xA and by_inode[2].sk == 0xB
+
+
+def test_event_closed_by_the_holder_names_pid_fd_and_syscall() -> None:
+    tr = tracked()
+    k = ksock(0xA, 10 * S, T1)
+    tr.update(obs(20 * S, [k], [diag(T1, 1)], {1: [Holder(100, 7), Holder(100, 9)]}), nobody)
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "close", fd=9)], nobody)
+    assert (e.reason, e.by_pid, e.by_fd, e.drop, e.exact) == ("closed", 100, 9, "close", True)
+    assert e.latency_s == 15 and tr.leaks == {}
+
+
+def test_event_from_an_unrelated_task_does_not_name_it() -> None:
+    tr = tracked()
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 4242, None, newstate="CW_TCP_CLOSE")], nobody)
+    assert e.reason == "closed" and e.by_pid is None and e.by_fd is None
+
+
+def test_event_while_the_fd_is_still_open_is_a_reset_not_a_close() -> None:
+    tr = tracked()
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    still = [Holder(100, 7)]
+    (e,) = tr.apply_events(
+        [event(0xA, T1, 25 * S, 5, None, newstate="CW_TCP_CLOSE")], lambda _lk: still
+    )
+    assert e.reason == "reset" and e.still_held == still
+
+
+def test_exit_event_and_unknown_events() -> None:
+    tr = tracked()
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    assert tr.apply_events([event(0xB, T1, 25 * S, 100, "close")], nobody) == []  # other socket
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "exit")], nobody)
+    assert e.reason == "exited" and e.by_pid == 100
+
+
+def test_preexisting_leak_is_matched_by_tuple() -> None:
+    tr = tracked(attach=100 * S)
+    tr.update(obs(101 * S, [], [diag(T2, 1, last_ack_ms=9000)], {1: [Holder(100, 3)]}), nobody)
+    (e,) = tr.apply_events(
+        [event(0, T2, 102 * S, 100, "close_range", fd=3, preexisting=True)], nobody
+    )
+    assert e.drop == "close_range" and e.by_fd == 3 and e.latency_s == 10
+
+
+def test_leak_gone_from_close_wait_without_event_ends_by_polling() -> None:
+    tr = tracked()
+    k = ksock(0xA, 10 * S, T1)
+    tr.update(obs(20 * S, [k], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    ch = tr.update(obs(22 * S, [], [], {}), nobody)
+    (e,) = ch.ended
+    assert e.reason == "closed" and not e.exact and ch.unwatch == [e.leak]
+
+
+def test_leak_of_a_namespace_not_queried_is_kept_until_its_holders_exit() -> None:
+    tr = tracked()
+    tr.update(
+        obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1, NS2)], {1: [Holder(200, 7)]}), nobody
+    )
+    assert tr.update(obs(22 * S, netns=(NS1,)), nobody).ended == []
+    (e,) = tr.update(obs(24 * S, netns=(NS1,), exited=(200,)), nobody).ended
+    assert e.reason == "exited"
+
+
+def test_no_target_holds_it_any_more_while_still_in_close_wait() -> None:
+    tr = tracked()
+    k = ksock(0xA, 10 * S, T1)
+    tr.update(obs(20 * S, [k], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    (e,) = tr.update(obs(22 * S, [k], [diag(T1, 1)], {}), nobody).ended
+    assert e.reason == "released"
+    tr2 = tracked()
+    tr2.update(obs(20 * S, [k], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    (e,) = tr2.update(obs(22 * S, [k], [diag(T1, 1)], {}, exited=(100,)), nobody).ended
+    assert e.reason == "exited"
+
+
+def test_holders_and_recv_q_are_refreshed_and_leaks_sorted_oldest_first() -> None:
+    tr = tracked()
+    ka, kb = ksock(0xA, 12 * S, T1), ksock(0xB, 10 * S, T2)
+    tr.update(
+        obs(
+            20 * S, [ka, kb], [diag(T1, 1), diag(T2, 2)], {1: [Holder(100, 7)], 2: [Holder(100, 8)]}
+        ),
+        nobody,
+    )
+    assert [lk.inode for lk in tr.sorted_leaks()] == [2, 1]
+    tr.update(obs(21 * S, [ka, kb], [diag(T1, 1, recv_q=5), diag(T2, 2)],
+                  {1: [Holder(100, 7), Holder(200, 3)], 2: [Holder(100, 8)]}), nobody)  # fmt: skip
+    leak = tr.leaks[1]
+    assert leak.recv_q == 5 and [h.pid for h in leak.holders] == [100, 200]
+    assert leak.comms == {100: "java", 200: "child"}

@@ -1,0 +1,294 @@
+"""Correlate the kernel's FINs with the application's missing close(): pure logic.
+
+Inputs per refresh (an Observation): the BPF closewait map (exact FIN times
+by socket address and tuple), sock_diag's CLOSE_WAIT sockets (inode, Recv-Q,
+tcp_info), the targets' fds from /proc (inode -> holders), and the events of
+watched sockets that left CLOSE_WAIT. Output: the leaks, the leaks that
+ended, and what the kernel should watch next.
+
+The join: sock_diag gives tuple and inode; the BPF map gives tuple and FIN
+time; /proc gives inode and fd. Tuples are unique per network namespace
+only, while the BPF map spans all of them, so a tuple found twice in the map
+is resolved by the FIN time closest to sock_diag's estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tracer.bpf_abi import const
+from tracer.model import (
+    NS_PER_S,
+    DiagSock,
+    Holder,
+    KernelSock,
+    Leak,
+    LeakEnded,
+    LeftCloseWait,
+    SockTuple,
+)
+
+StillHolding = Callable[[Leak], list[Holder]]
+
+DROP_NAMES = {
+    const("CW_DROP_CLOSE"): "close",
+    const("CW_DROP_CLOSE_RANGE"): "close_range",
+    const("CW_DROP_EXIT"): "exit",
+}
+
+
+@dataclass
+class Observation:
+    """What one refresh read from the system. Gathered by watch.py."""
+
+    now_ns: int
+    kernel: dict[int, KernelSock]
+    diag: list[DiagSock]
+    holders: dict[int, list[Holder]]  # inode -> target fds holding it
+    comms: dict[int, str]  # pid -> comm, for targets
+    events: list[LeftCloseWait] = field(default_factory=list)
+    queried_netns: set[int] = field(default_factory=set)
+    exited: set[int] = field(default_factory=set)  # targets that exited
+
+
+@dataclass
+class Changes:
+    """What one refresh changed."""
+
+    new: list[Leak] = field(default_factory=list)
+    ended: list[LeakEnded] = field(default_factory=list)
+    watch: list[Leak] = field(default_factory=list)  # ask the kernel for events
+    unwatch: list[Leak] = field(default_factory=list)  # ended without an event
+
+
+class KernelIndex:
+    """The closewait map indexed by tuple, for joining with sock_diag."""
+
+    def __init__(self, kernel: dict[int, KernelSock]) -> None:
+        self._by_tuple: dict[SockTuple, list[KernelSock]] = {}
+        for ks in kernel.values():
+            self._by_tuple.setdefault(ks.tuple, []).append(ks)
+
+    def match(self, d: DiagSock, now_ns: int) -> KernelSock | None:
+        found = self._by_tuple.get(d.tuple)
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        # Same tuple in several namespaces: take the FIN closest to the estimate.
+        guess = estimated_fin_ns(d, now_ns)
+        return min(found, key=lambda ks: abs(ks.fin_ns - guess))
+
+
+def estimated_fin_ns(d: DiagSock, now_ns: int) -> int:
+    """FIN time of a socket the kernel map does not know, from tcp_info.
+
+    tcpi_last_ack_recv is the time since the last ACK received; the FIN
+    carries one and an idle CLOSE_WAIT socket receives nothing after it, so
+    this is the FIN's age unless the peer sent more (keepalives, window
+    probes): then it is an underestimate. Without tcp_info: now.
+    """
+    if d.last_ack_recv_ms is None:
+        return now_ns
+    return now_ns - d.last_ack_recv_ms * 1_000_000
+
+
+def fin_time(d: DiagSock, index: KernelIndex, now_ns: int) -> tuple[int, bool, KernelSock | None]:
+    """(FIN time, exact?, kernel entry) for a sock_diag socket."""
+    ks = index.match(d, now_ns)
+    if ks is not None:
+        return ks.fin_ns, True, ks
+    return estimated_fin_ns(d, now_ns), False, None
+
+
+class LeakTracker:
+    """Leaks across refreshes: which sockets are leaking, since when, until when.
+
+    A leak is a socket in CLOSE_WAIT for at least min_age whose inode a
+    target fd still holds. It ends when a kernel event says the socket left
+    CLOSE_WAIT, when a refresh no longer finds it in CLOSE_WAIT, or when no
+    target holds it any more.
+    """
+
+    def __init__(self, min_age_s: float, attach_ns: int) -> None:
+        self.min_age_ns = int(min_age_s * NS_PER_S)
+        self.attach_ns = attach_ns
+        self.leaks: dict[int, Leak] = {}
+        self._by_sk: dict[int, int] = {}
+        self._by_tuple: dict[SockTuple, int] = {}
+
+    # -- queries used before holders are read --------------------------------
+
+    def candidates(
+        self, obs_diag: Iterable[DiagSock], index: KernelIndex, now_ns: int
+    ) -> list[DiagSock]:
+        """CLOSE_WAIT sockets old enough to be leaks and not yet known as leaks:
+        the ones whose holders must be looked up in /proc."""
+        out = []
+        for d in obs_diag:
+            if d.inode in self.leaks:
+                continue
+            fin, _exact, _ks = fin_time(d, index, now_ns)
+            if now_ns - fin >= self.min_age_ns:
+                out.append(d)
+        return out
+
+    # -- the refresh ---------------------------------------------------------
+
+    def update(self, obs: Observation, still_holding: StillHolding) -> Changes:
+        ch = Changes(ended=self.apply_events(obs.events, still_holding))
+        now = obs.now_ns
+
+        index = KernelIndex(obs.kernel)
+        seen: set[int] = set()
+        for d in obs.diag:
+            seen.add(d.inode)
+            holders = obs.holders.get(d.inode, [])
+            leak = self.leaks.get(d.inode)
+            if leak is not None:
+                if holders:
+                    leak.holders = holders
+                    leak.recv_q = d.recv_q
+                    leak.comms.update(
+                        {h.pid: obs.comms[h.pid] for h in holders if h.pid in obs.comms}
+                    )
+                else:
+                    self._drop(leak)
+                    ch.unwatch.append(leak)
+                    ch.ended.append(self._released(leak, now, obs.exited))
+                continue
+            if not holders:
+                continue
+            fin, exact, ks = fin_time(d, index, now)
+            if now - fin < self.min_age_ns:
+                continue
+            leak = Leak(
+                inode=d.inode,
+                netns=d.netns,
+                tuple=d.tuple,
+                fin_ns=fin,
+                age_exact=exact,
+                preexisting=not exact and fin < self.attach_ns,
+                first_seen_ns=now,
+                holders=holders,
+                comms={h.pid: obs.comms.get(h.pid, "?") for h in holders},
+                recv_q=d.recv_q,
+                uid=d.uid,
+                sk=ks.sk if ks else None,
+                creator=ks.creator if ks else None,
+            )
+            self._add(leak)
+            ch.new.append(leak)
+            ch.watch.append(leak)
+
+        for leak in list(self.leaks.values()):
+            if leak.inode in seen:
+                continue
+            if leak.netns not in obs.queried_netns:
+                # Nobody left to query that namespace through: its holders exited.
+                if {h.pid for h in leak.holders} <= obs.exited:
+                    self._drop(leak)
+                    ch.unwatch.append(leak)
+                    ch.ended.append(LeakEnded(leak, now, "exited", exact=False))
+                continue
+            # Left CLOSE_WAIT without an event: lost, or unwatched (map full).
+            self._drop(leak)
+            ch.unwatch.append(leak)
+            still = still_holding(leak)
+            ch.ended.append(
+                LeakEnded(
+                    leak=leak,
+                    ts_ns=now,
+                    reason="reset" if still else "closed",
+                    exact=False,
+                    still_held=still,
+                )
+            )
+        return ch
+
+    def apply_events(
+        self, events: Iterable[LeftCloseWait], still_holding: StillHolding
+    ) -> list[LeakEnded]:
+        """End the leaks that kernel events report as out of CLOSE_WAIT."""
+        ended = []
+        for ev in events:
+            leak = self._find(ev)
+            if leak is not None:
+                self._drop(leak)
+                ended.append(end_from_event(leak, ev, still_holding(leak)))
+        return ended
+
+    def sorted_leaks(self) -> list[Leak]:
+        """Oldest FIN first, then by pid and fd for a stable order."""
+        return sorted(self.leaks.values(), key=lambda lk: (lk.fin_ns, lk.pid, lk.fds))
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _find(self, ev: LeftCloseWait) -> Leak | None:
+        inode = self._by_tuple.get(ev.tuple) if ev.preexisting else self._by_sk.get(ev.sk)
+        return self.leaks.get(inode) if inode is not None else None
+
+    def _add(self, leak: Leak) -> None:
+        self.leaks[leak.inode] = leak
+        if leak.sk is not None:
+            self._by_sk[leak.sk] = leak.inode
+        else:
+            self._by_tuple[leak.tuple] = leak.inode
+
+    def _drop(self, leak: Leak) -> None:
+        self.leaks.pop(leak.inode, None)
+        if leak.sk is not None:
+            self._by_sk.pop(leak.sk, None)
+        elif self._by_tuple.get(leak.tuple) == leak.inode:
+            del self._by_tuple[leak.tuple]
+
+    @staticmethod
+    def _released(leak: Leak, now: int, exited: set[int]) -> LeakEnded:
+        """No target fd holds the socket any more, yet it is still in CLOSE_WAIT."""
+        gone = {h.pid for h in leak.holders} <= exited
+        return LeakEnded(leak=leak, ts_ns=now, reason="exited" if gone else "released", exact=False)
+
+
+def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEnded:
+    """Explain a kernel event about a leak, given which of its fds still hold it.
+
+    - Fds still hold the socket: it left CLOSE_WAIT without being closed, by
+      an RST from the peer (-> CLOSE) or shutdown() (-> LAST_ACK).
+    - Otherwise it was closed. The thread that did it is named only if it
+      belongs to a holder process (in softirq the current task is unrelated),
+      and the fd only if that thread's last fd drop covers a holder fd.
+    """
+    if still:
+        reason = "reset" if ev.newstate == const("CW_TCP_CLOSE") else "shutdown"
+        return LeakEnded(leak, ev.ts_ns, reason, exact=True, still_held=still)
+    holder_pids = {h.pid for h in leak.holders}
+    if ev.tgid not in holder_pids:
+        return LeakEnded(leak, ev.ts_ns, "closed", exact=True)
+    by_fd = None
+    drop = DROP_NAMES.get(ev.drop_kind)
+    if drop == "exit":
+        return LeakEnded(
+            leak,
+            ev.ts_ns,
+            "exited",
+            exact=True,
+            by_pid=ev.tgid,
+            by_tid=ev.tid,
+            by_comm=ev.comm,
+            drop=drop,
+        )
+    if drop is not None:
+        fds = [h.fd for h in leak.holders if h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi]
+        by_fd = fds[0] if fds else None
+    return LeakEnded(
+        leak,
+        ev.ts_ns,
+        "closed",
+        exact=True,
+        by_pid=ev.tgid,
+        by_tid=ev.tid,
+        by_comm=ev.comm,
+        by_fd=by_fd,
+        drop=drop,
+    )
