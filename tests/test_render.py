@@ -1,0 +1,112 @@
+"""Table and JSON rendering: columns, marks, escaping of hostile process names."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from tracer.model import NS_PER_S, Creator, Holder, Leak, LeakEnded, ProbeStats, SockTuple
+from tracer.render import COLUMNS, JsonRenderer, Summary, TableRenderer
+
+S = NS_PER_S
+HOSTILE = "evil\x1b[2J\nNOTE fake"
+
+
+def leak(exact: bool = True, comm: str = "java", creator: bool = True) -> Leak:
+    return Leak(
+        inode=555,
+        netns=4026531833,
+        tuple=SockTuple(socket.AF_INET6, "::1", 40000, "::1", 8080),
+        fin_ns=10 * S,
+        age_exact=exact,
+        preexisting=not exact,
+        first_seen_ns=15 * S,
+        holders=[Holder(100, 7), Holder(100, 9), Holder(200, 3)],
+        comms={100: comm, 200: "child"},
+        recv_q=2048,
+        uid=1000,
+        sk=0xFF if exact else None,
+        creator=Creator(8 * S, 100, 101, HOSTILE, False) if creator else None,
+    )
+
+
+def summary(**kw) -> Summary:
+    base = dict(wall=1_700_000_000.0, now_ns=262 * S, elapsed_s=30.0, targets={100: "java"},
+                all_processes=False, new=1, ended=0, stats=ProbeStats(fins=9))  # fmt: skip
+    base.update(kw)
+    return Summary(**base)
+
+
+def test_table_columns_marks_and_totals() -> None:
+    lines = TableRenderer().report([leak(), leak(exact=False, creator=False)], summary())
+    assert "2 leaking sockets (100 java: 2)" in lines[0] and "events lost 0" in lines[0]
+    assert lines[1].split() == [c.header for c in COLUMNS]
+    exact_row, estimated_row = lines[2].split(), lines[3].split()
+    assert exact_row[:6] == ["100", "java", "7,9+1", "[::1]:40000", "[::1]:8080", "4m12s"]
+    assert estimated_row[5] == "~4m12s" and estimated_row[-2:] == ["-", "-"]
+    assert exact_row[6] == "2048" and exact_row[-1] == "4m14s"
+
+
+def test_table_header_names_losses_and_the_knob_to_raise() -> None:
+    stats = ProbeStats(events_lost=3, cw_full=2, conns_evicted=1)
+    head = TableRenderer().report([], summary(stats=stats))[0]
+    assert "--buffer-pages" in head and "--max-sockets" in head and "--max-conns" in head
+
+
+def test_hostile_names_cannot_forge_lines_in_either_format() -> None:
+    lk = leak(comm=HOSTILE)
+    for text in (
+        TableRenderer().report([lk], summary())[2],
+        JsonRenderer().report([lk], summary())[0],
+    ):
+        assert "\x1b" not in text and "\n" not in text
+    obj = json.loads(JsonRenderer().report([lk], summary())[0])
+    assert obj["comm"] == "evil\\x1b[2J\\x0aNOTE fake"
+    assert obj["opened_by"]["comm"] == "evil\\x1b[2J\\x0aNOTE fake"
+
+
+def test_json_leak_and_summary() -> None:
+    lines = JsonRenderer().report([leak()], summary())
+    obj, summ = json.loads(lines[0]), json.loads(lines[1])
+    assert obj["type"] == "leak" and obj["family"] == "ipv6"
+    assert (obj["pid"], obj["fd"], obj["fds"]) == (100, 7, [7, 9])
+    assert obj["holders"][2] == {"pid": 200, "comm": "child", "fd": 3}
+    assert obj["age_s"] == 252.0 and obj["age_exact"] is True and obj["conn_age_s"] == 254.0
+    assert obj["opened_by"] == {
+        "pid": 100,
+        "tid": 101,
+        "comm": obj["opened_by"]["comm"],
+        "accepted": False,
+    }
+    assert summ["type"] == "summary" and summ["leaks"] == 1 and summ["fins_seen"] == 9
+    assert summ["targets"] == [{"pid": 100, "comm": "java", "leaks": 1}]
+
+
+def test_ended_lines() -> None:
+    e = LeakEnded(
+        leak(),
+        22 * S,
+        "closed",
+        exact=True,
+        by_pid=100,
+        by_tid=101,
+        by_comm="w",
+        by_fd=9,
+        drop="close",
+    )
+    text = TableRenderer().ended(e, 0.0)
+    assert (
+        "ENDED pid 100 (java) fd 7,9" in text
+        and "closed by pid 100 tid 101 (w) via close(9)" in text
+    )
+    assert text.endswith("12.0s after the FIN")
+    obj = json.loads(JsonRenderer().ended(e, 0.0))
+    assert (obj["reason"], obj["by_fd"], obj["via"], obj["latency_s"]) == (
+        "closed",
+        9,
+        "close",
+        12.0,
+    )
+    polled = LeakEnded(leak(exact=False), 22 * S, "closed", exact=False)
+    assert "(seen by polling)" in TableRenderer().ended(polled, 0.0)
+    assert "~12.0s" in TableRenderer().ended(polled, 0.0)

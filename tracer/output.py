@@ -1,0 +1,32 @@
+"""Where reports go. Commands never call print(): they hand records to an
+Output, which renders them (table or JSON lines) and writes them to a stream.
+Tests give it a StringIO."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from tracer.model import Leak, LeakEnded
+from tracer.render import JsonRenderer, Summary, TableRenderer
+
+
+class Output:
+    def __init__(self, json_lines: bool = False, stream: TextIO | None = None) -> None:
+        self.renderer = JsonRenderer() if json_lines else TableRenderer()
+        self.stream = stream if stream is not None else sys.stdout
+
+    def _write(self, lines: Sequence[str]) -> None:
+        self.stream.write("".join(line + "\n" for line in lines))
+        self.stream.flush()
+
+    def report(self, leaks: Sequence[Leak], summary: Summary) -> None:
+        self._write(self.renderer.report(leaks, summary))
+
+    def ended(self, e: LeakEnded) -> None:
+        self._write([self.renderer.ended(e, time.time())])
+
+    def notice(self, message: str) -> None:
+        self._write([self.renderer.notice(message, time.time())])
