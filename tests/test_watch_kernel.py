@@ -1,0 +1,233 @@
+"""The watch engine against the real kernel: real BPF, real sockets, real processes.
+
+Each test builds its own Watcher over the session's shared probe and drives
+refreshes itself, so it can assert exact pids, fds, ages and attributions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.conftest import connected_pair, wait_until
+from tracer import procfs
+from tracer.model import NS_PER_S
+from tracer.targets import Targets
+from tracer.watch import Watcher
+
+pytestmark = pytest.mark.bpf
+
+MIN_AGE = 1.0  # seconds; the default is 5 s, tests need not wait that long
+
+
+@pytest.fixture
+def watch(probe: object) -> Iterator[Callable[..., Watcher]]:
+    made: list[Watcher] = []
+
+    def make(*pids: int, all_processes: bool = False, min_age: float = MIN_AGE) -> Watcher:
+        w = Watcher(probe, Targets(tuple(pids), all_processes), min_age)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def leaks_of(w: Watcher, pid: int) -> list:
+    return [lk for lk in w.leaks() if any(h.pid == pid for h in lk.holders)]
+
+
+def refresh_after_min_age(w: Watcher, since_mono_ns: int) -> None:
+    """Sleep until the FIN is older than MIN_AGE, then refresh."""
+    left = MIN_AGE + 0.05 - (time.monotonic_ns() - since_mono_ns) / NS_PER_S
+    if left > 0:
+        time.sleep(left)
+    w.refresh()
+
+
+def test_leaking_client_reported_with_pid_fd_remote_recvq_and_age(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    server.call(op="send", fd=pair["server_fd"], n=1234)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+
+    w.refresh()
+    assert leaks_of(w, client.pid) == [], "reported before --min-age"
+    refresh_after_min_age(w, fin)
+
+    (leak,) = leaks_of(w, client.pid)
+    assert leak.pid == client.pid
+    assert leak.fds == [pair["client_fd"]]
+    assert leak.tuple.remote == f"127.0.0.1:{pair['port']}"
+    assert leak.tuple.local == f"127.0.0.1:{pair['client_port']}"
+    assert leak.recv_q == 1234
+    assert leak.age_exact and not leak.preexisting
+    assert abs(leak.fin_ns - fin) < 0.5 * NS_PER_S
+    assert leak.creator is not None and leak.creator.tgid == client.pid
+    assert not leak.creator.accepted
+    assert leak.inode == int(os.readlink(f"/proc/{client.pid}/fd/{pair['client_fd']}")[8:-1])
+
+
+def test_ipv6_leak(peers, watch) -> None:
+    if not socket.has_ipv6 or not os.path.exists("/proc/net/if_inet6"):
+        pytest.fail("IPv6 is disabled on this host; the IPv6 test needs ::1")
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client, v6=True)
+    server.call(op="send", fd=pair["server_fd"], n=10)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+
+    (leak,) = leaks_of(w, client.pid)
+    assert leak.tuple.family == socket.AF_INET6
+    assert leak.tuple.remote == f"[::1]:{pair['port']}"
+    assert leak.fds == [pair["client_fd"]]
+    assert leak.recv_q == 10
+    assert leak.age_exact and abs(leak.fin_ns - fin) < 0.5 * NS_PER_S
+
+
+def test_accepted_socket_whose_client_went_away(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(server.pid)
+    pair = connected_pair(server, client)
+    client.call(op="send", fd=pair["client_fd"], n=7)
+    fin = client.call(op="close", fd=pair["client_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+
+    (leak,) = leaks_of(w, server.pid)
+    assert leak.fds == [pair["server_fd"]]
+    assert leak.tuple.local == f"127.0.0.1:{pair['port']}"
+    assert leak.recv_q == 7
+    assert leak.creator is not None and leak.creator.accepted
+    assert abs(leak.fin_ns - fin) < 0.5 * NS_PER_S
+
+
+def test_healthy_client_that_closes_promptly_is_never_reported(peers, watch, probe) -> None:
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    events_before = probe.stats().events
+    fins = []
+    for _ in range(20):
+        pair = connected_pair(server, client)
+        fins.append(server.call(op="close", fd=pair["server_fd"])["mono"])
+        client.call(op="close", fd=pair["client_fd"])
+        server.call(op="close", fd=pair["listener"]["fd"])
+    refresh_after_min_age(w, fins[-1])
+    w.refresh()
+    assert leaks_of(w, client.pid) == []
+    # The kernel handled all 20 in-map: no event reached user space.
+    assert probe.stats().events == events_before
+
+
+def test_leak_that_ends_reports_fd_pid_and_latency(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    assert len(leaks_of(w, client.pid)) == 1
+
+    closed = client.call(op="close", fd=pair["client_fd"])["mono"]
+    ended = wait_until(lambda: w.drain_events(100).ended, timeout=3)
+    (e,) = ended
+    assert e.reason == "closed" and e.exact
+    assert e.by_pid == client.pid and e.by_fd == pair["client_fd"] and e.drop == "close"
+    assert abs(e.latency_s - (closed - fin) / NS_PER_S) < 0.5
+    assert leaks_of(w, client.pid) == []
+
+
+def test_leak_in_another_network_namespace_traced_from_the_root_one(peers, watch, netns) -> None:
+    server, client = peers(netns), peers(netns)
+    assert procfs.netns_inode(client.pid) != procfs.netns_inode(os.getpid())
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    server.call(op="send", fd=pair["server_fd"], n=99)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+
+    (leak,) = leaks_of(w, client.pid)
+    assert leak.netns == procfs.netns_inode(client.pid)
+    assert leak.fds == [pair["client_fd"]]
+    assert leak.recv_q == 99
+    assert leak.age_exact and abs(leak.fin_ns - fin) < 0.5 * NS_PER_S
+
+
+def test_forked_child_keeps_the_socket_after_the_parent_closes(peers, watch) -> None:
+    server, client = peers(), peers()
+    pair = connected_pair(server, client)
+    child = client.call(op="fork_hold")["child"]
+    w = watch(client.pid, child)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+
+    (leak,) = leaks_of(w, client.pid)
+    assert sorted(h.pid for h in leak.holders) == sorted([client.pid, child])
+
+    # The parent's close() drops one reference: no state change, still a leak.
+    client.call(op="close", fd=pair["client_fd"])
+    w.refresh()
+    (leak,) = leaks_of(w, child)
+    assert [h.pid for h in leak.holders] == [child]
+
+
+def test_parent_only_watch_sees_the_socket_released_to_a_child(peers, watch) -> None:
+    server, client = peers(), peers()
+    pair = connected_pair(server, client)
+    client.call(op="fork_hold")
+    w = watch(client.pid)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    assert len(leaks_of(w, client.pid)) == 1
+
+    # The parent closes its fd; the child's copy keeps the socket in
+    # CLOSE_WAIT, but no watched process holds it any more.
+    client.call(op="close", fd=pair["client_fd"])
+    (e,) = w.refresh().ended
+    assert e.reason == "released" and e.leak.fds == [pair["client_fd"]]
+    assert leaks_of(w, client.pid) == []
+
+
+def test_close_range_attributed(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    fd = pair["client_fd"]
+    client.call(op="closerange", lo=fd, hi=fd)
+    (e,) = wait_until(lambda: w.drain_events(100).ended, timeout=3)
+    assert e.reason == "closed" and e.drop == "close_range" and e.by_fd == fd
+    assert e.by_pid == client.pid
+
+
+def test_process_exit_ends_its_leaks(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    assert len(leaks_of(w, client.pid)) == 1
+    os.kill(client.pid, signal.SIGKILL)
+    client.proc.wait()
+    (e,) = wait_until(lambda: w.drain_events(100).ended, timeout=3)
+    assert e.reason == "exited" and e.by_pid == client.pid
+    w.refresh()
+    assert w.finished()
+    assert any("exited" in n for n in w.notices)
+
+
+def test_all_processes_mode_finds_the_leak(peers, watch) -> None:
+    server, client = peers(), peers()
+    w = watch(all_processes=True)
+    pair = connected_pair(server, client)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    (leak,) = leaks_of(w, client.pid)
+    assert leak.fds == [pair["client_fd"]]
