@@ -1,0 +1,186 @@
+"""`closewait watch` and `closewait demo` as a user runs them: separate processes,
+real BPF, output parsed back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.cli_helpers import LiveCli, run_cli
+from tests.conftest import connected_pair
+
+pytestmark = pytest.mark.bpf
+
+LEAK_FIELDS = {
+    "type", "ts", "pid", "comm", "fd", "fds", "inode", "family", "local", "remote",
+    "holders", "netns", "age_s", "age_exact", "preexisting", "recv_q", "uid",
+    "opened_by", "conn_age_s",
+}  # fmt: skip
+SUMMARY_FIELDS = {
+    "type", "ts", "final", "elapsed_s", "leaks", "new", "ended", "targets",
+    "leaks_by_pid", "exited", "events_lost", "map_full", "creators_evicted", "fins_seen",
+}  # fmt: skip
+
+
+@pytest.fixture
+def live():
+    made: list[LiveCli] = []
+
+    def start(*args: str) -> LiveCli:
+        c = LiveCli(*args)
+        made.append(c)
+        return c
+
+    yield start
+    for c in made:
+        c.kill()
+
+
+def bpf_programs() -> set[int]:
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
+    )
+    return {p["id"] for p in json.loads(out.stdout) if p.get("type") == "tracepoint"}
+
+
+def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peers, live) -> None:
+    server, client = peers(), peers()
+    # A leak older than the tracer: its age can only be estimated.
+    old = connected_pair(server, client)
+    server.call(op="send", fd=old["server_fd"], n=300)
+    old_fin = server.call(op="close", fd=old["server_fd"])["wall"]
+    time.sleep(1.5)
+
+    programs_before = bpf_programs()
+    cli = live(
+        "watch", "--pid", str(client.pid), "--json",
+        "--min-age", "1s", "--interval", "500ms", "--duration", "7s",
+    )  # fmt: skip
+    cli.wait_for_attach()
+    assert len(bpf_programs() - programs_before) >= 3, "programs not attached"
+
+    # A leak the kernel sees happen: exact age.
+    new = connected_pair(server, client)
+    server.call(op="send", fd=new["server_fd"], n=50)
+    new_fin = server.call(op="close", fd=new["server_fd"])["wall"]
+    leak_new = cli.wait_for_json(lambda o: o["type"] == "leak" and o["fd"] == new["client_fd"])
+    leak_old = next(
+        o
+        for o in map(json.loads, reversed(cli.lines))
+        if o["type"] == "leak" and o["fd"] == old["client_fd"]
+    )
+
+    assert set(leak_new) == LEAK_FIELDS and set(leak_old) == LEAK_FIELDS
+    for leak, pair, fin, recv_q in ((leak_new, new, new_fin, 50), (leak_old, old, old_fin, 300)):
+        assert leak["pid"] == client.pid
+        assert leak["comm"] == "python" or leak["comm"].startswith("python")
+        assert leak["fds"] == [pair["client_fd"]]
+        assert leak["family"] == "ipv4"
+        assert leak["local"] == f"127.0.0.1:{pair['client_port']}"
+        assert leak["remote"] == f"127.0.0.1:{pair['port']}"
+        assert leak["recv_q"] == recv_q
+        assert leak["uid"] == 0
+        assert leak["holders"] == [
+            {"pid": client.pid, "comm": leak["comm"], "fd": pair["client_fd"]}
+        ]
+        assert abs(leak["age_s"] - (leak["ts"] - fin)) < 0.5
+    assert leak_new["age_exact"] is True and leak_new["preexisting"] is False
+    assert leak_new["opened_by"]["pid"] == client.pid and leak_new["opened_by"]["accepted"] is False
+    assert leak_new["conn_age_s"] >= leak_new["age_s"]
+    assert leak_old["age_exact"] is False and leak_old["preexisting"] is True
+    assert leak_old["opened_by"] is None and leak_old["conn_age_s"] is None
+
+    # Both ends are reported with who closed what.
+    client.call(op="close", fd=old["client_fd"])
+    end_old = cli.wait_for_json(lambda o: o["type"] == "ended" and o["fd"] == old["client_fd"])
+    assert end_old["reason"] == "closed" and end_old["by_pid"] == client.pid
+    assert end_old["by_fd"] == old["client_fd"] and end_old["via"] == "close"
+    assert end_old["latency_exact"] is False
+
+    assert cli.finish() == 0
+    summaries = [o for o in cli.json_lines() if o["type"] == "summary"]
+    assert all(set(s) == SUMMARY_FIELDS for s in summaries)
+    final = summaries[-1]
+    assert final["final"] is True and [s["final"] for s in summaries].count(True) == 1
+    assert final["leaks"] == 1 and final["leaks_by_pid"] == {str(client.pid): 1}
+    assert final["targets"] == [{"pid": client.pid, "comm": leak_new["comm"], "leaks": 1}]
+    assert final["events_lost"] == 0 and final["map_full"] == 0
+    assert 6.5 < final["elapsed_s"] < 9
+    assert bpf_programs() <= programs_before, "BPF programs left attached after exit"
+
+
+def test_table_output_and_sigterm_gives_final_report(bpf_ok, peers, live) -> None:
+    server, client = peers(), peers()
+    pair = connected_pair(server, client)
+    server.call(op="close", fd=pair["server_fd"])
+    cli = live("watch", "-p", str(client.pid), "--min-age", "0", "-i", "300ms")
+    header = cli.wait_for(lambda line: "PID" in line and "REMOTE" in line, timeout=30)
+    row = cli.wait_for(lambda line: f"127.0.0.1:{pair['client_port']}" in line)
+    assert header.split()[:4] == ["PID", "COMM", "FD", "LOCAL"]
+    assert row.split()[0] == str(client.pid) and row.split()[2] == str(pair["client_fd"])
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.finish() == 0
+    assert any("final report: 1 leaking socket" in line for line in cli.lines)
+
+
+def test_target_exit_mid_trace_ends_cleanly(bpf_ok, peers, live) -> None:
+    server, client = peers(), peers()
+    pair = connected_pair(server, client)
+    server.call(op="close", fd=pair["server_fd"])
+    cli = live("watch", "--pid", str(client.pid), "--json", "--min-age", "0", "-i", "300ms")
+    cli.wait_for_json(lambda o: o["type"] == "leak")
+    client.kill()
+    t0 = time.monotonic()
+    assert cli.finish(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+    objs = cli.json_lines()
+    ended = [o for o in objs if o["type"] == "ended"]
+    assert ended and ended[0]["reason"] == "exited" and ended[0]["pid"] == client.pid
+    notices = [o["message"] for o in objs if o["type"] == "notice"]
+    assert any(f"pid {client.pid}" in n and "exited" in n for n in notices)
+    assert objs[-1]["type"] == "summary" and objs[-1]["final"] is True
+    assert objs[-1]["exited"][0]["pid"] == client.pid
+
+
+def test_perf_buffer_fallback_delivers_events(bpf_ok, peers, live) -> None:
+    """Kernels before 5.8 get the perf buffer; force it here to keep that path honest."""
+    server, client = peers(), peers()
+    cli = live("watch", "--pid", str(client.pid), "--json", "--min-age", "0", "-i", "300ms",
+               "--perf-buffer")  # fmt: skip
+    cli.wait_for_attach()
+    pair = connected_pair(server, client)
+    server.call(op="close", fd=pair["server_fd"])
+    cli.wait_for_json(lambda o: o["type"] == "leak" and o["fd"] == pair["client_fd"])
+    client.call(op="close", fd=pair["client_fd"])
+    e = cli.wait_for_json(lambda o: o["type"] == "ended")
+    assert e["reason"] == "closed" and e["by_fd"] == pair["client_fd"] and e["latency_exact"]
+
+
+@pytest.mark.parametrize("mode", ["leaky", "healthy"])
+def test_demo(bpf_ok, mode: str) -> None:
+    args = ["demo", "--json", "--duration", "9s"] + (["--healthy"] if mode == "healthy" else [])
+    res = run_cli(*args, timeout=60)
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(line) for line in res.stdout.splitlines()]
+    summaries = [o for o in objs if o["type"] == "summary"]
+    leaks = [o for o in objs if o["type"] == "leak"]
+    assert summaries and summaries[-1]["final"]
+    ended = [o for o in objs if o["type"] == "ended"]
+    if mode == "leaky":
+        counts = [s["leaks"] for s in summaries]
+        assert counts[-1] >= 8 and counts[-1] > counts[0], counts
+        assert all(lk["comm"] == "leaky-client" for lk in leaks)
+        assert any(lk["recv_q"] == 2048 for lk in leaks)  # the unread body
+        assert any(
+            lk["opened_by"] and lk["opened_by"]["comm"].startswith("pool-1-thread-") for lk in leaks
+        )
+        # The demo's finalizer thread closes the oldest leak every 6 s.
+        assert ended and ended[0]["by_comm"] == "finalizer" and ended[0]["via"] == "close"
+        assert ended[0]["latency_s"] > 2 and sum(s["ended"] for s in summaries) == len(ended)
+    else:
+        assert leaks == [] and ended == [] and all(s["leaks"] == 0 for s in summaries)
+    assert "demo:" in res.stderr
