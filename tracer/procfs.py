@@ -23,6 +23,10 @@ class ProcessGone(Exception):
     """The process exited (or was never there)."""
 
 
+class ProcessHidden(Exception):
+    """The process exists but its fds cannot be read (permissions, hidepid)."""
+
+
 @dataclass(frozen=True)
 class ProcessId:
     """A pid plus its start time, so a recycled pid is not mistaken for the target."""
@@ -79,6 +83,8 @@ def netns_inode(pid: int) -> int:
     """Identity of the process's network namespace (inode of /proc/PID/ns/net)."""
     try:
         return os.stat(f"{PROC}/{pid}/ns/net").st_ino
+    except PermissionError as exc:
+        raise ProcessHidden(pid) from exc
     except OSError as exc:
         raise ProcessGone(pid) from exc
 
@@ -99,7 +105,7 @@ def socket_fds(pid: int) -> dict[int, list[int]]:
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(pid) from exc
     except PermissionError as exc:  # not root, or a process we may not inspect
-        raise ProcessGone(pid) from exc
+        raise ProcessHidden(pid) from exc
     out: dict[int, list[int]] = {}
     try:
         for name in os.listdir(dirfd):
@@ -118,13 +124,21 @@ def socket_fds(pid: int) -> dict[int, list[int]]:
     return out
 
 
-def holders_of(pids: Iterable[int]) -> dict[int, list[Holder]]:
-    """Socket inode -> every (pid, fd) among `pids` holding it. Exited pids are skipped."""
+def holders_of(pids: Iterable[int], unreadable: list[int] | None = None) -> dict[int, list[Holder]]:
+    """Socket inode -> every (pid, fd) among `pids` holding it.
+
+    Exited pids are skipped silently; pids whose fds may not be read are
+    appended to `unreadable`, so callers can say what they could not see.
+    """
     out: dict[int, list[Holder]] = {}
     for pid in pids:
         try:
             per_pid = socket_fds(pid)
         except ProcessGone:
+            continue
+        except ProcessHidden:
+            if unreadable is not None:
+                unreadable.append(pid)
             continue
         for inode, fds in per_pid.items():
             out.setdefault(inode, []).extend(Holder(pid, fd) for fd in fds)
@@ -142,6 +156,55 @@ def still_holding(holders: Iterable[Holder], inode: int) -> list[Holder]:
         except OSError:
             continue
     return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of every thread of pid (/proc/PID/task/TID/children)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"{PROC}/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"{PROC}/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def with_descendants(pids: Iterable[int]) -> list[int]:
+    """pids and all their descendants: the processes that may have inherited
+    their sockets across fork()."""
+    seen: dict[int, None] = {}
+    stack = list(pids)
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen[pid] = None
+        stack.extend(children(pid))
+    return list(seen)
+
+
+def cgroup_path(pid: int) -> str | None:
+    """The process's cgroup v2 path (`0::/...` line), or the first v1 path."""
+    try:
+        with open(f"{PROC}/{pid}/cgroup", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return None
+    paths = [line.split(":", 2)[2] for line in lines if line.count(":") >= 2]
+    v2 = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    return (v2 or paths or [None])[0]
+
+
+def open_fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"{PROC}/{pid}/fd"))
+    except OSError:
+        return None
 
 
 def fd_limit(pid: int) -> int | None:

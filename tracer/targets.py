@@ -16,6 +16,7 @@ class TargetPoll:
     pids: list[int]
     namespaces: dict[int, int]  # netns inode -> a live pid inside it
     exited_now: dict[int, str] = field(default_factory=dict)  # pid -> last comm
+    hidden: list[int] = field(default_factory=list)  # targets whose namespace is unreadable
 
 
 class Targets:
@@ -45,17 +46,20 @@ class Targets:
             return self._poll_all()
         exited: dict[int, str] = {}
         namespaces: dict[int, int] = {}
+        hidden: list[int] = []
         for pid, ident in list(self._idents.items()):
             try:
                 if not procfs.is_alive(ident):
                     raise procfs.ProcessGone(pid)
                 self.comms[pid] = procfs.comm(pid)
                 namespaces.setdefault(procfs.netns_inode(pid), pid)
+            except procfs.ProcessHidden:
+                hidden.append(pid)  # alive, but its namespace cannot be entered
             except procfs.ProcessGone:
                 del self._idents[pid]
                 exited[pid] = self.comms.pop(pid, "?")
         self.exited.update(exited)
-        return TargetPoll(list(self._idents), namespaces, exited)
+        return TargetPoll(list(self._idents), namespaces, exited, hidden)
 
     def _poll_all(self) -> TargetPoll:
         pids = procfs.all_pids()
@@ -63,6 +67,8 @@ class Targets:
         for pid in pids:
             try:
                 namespaces.setdefault(procfs.netns_inode(pid), pid)
-            except procfs.ProcessGone:
+            except (procfs.ProcessGone, procfs.ProcessHidden):
+                # Hidden ones (e.g. a sandbox's init) are nearly always in a
+                # namespace another process shares; not worth a notice each refresh.
                 continue
         return TargetPoll(pids, namespaces)
