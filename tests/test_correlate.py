@@ -200,3 +200,11 @@ def test_holders_and_recv_q_are_refreshed_and_leaks_sorted_oldest_first() -> Non
     leak = tr.leaks[1]
     assert leak.recv_q == 5 and [h.pid for h in leak.holders] == [100, 200]
     assert leak.comms == {100: "java", 200: "child"}
+
+
+def test_unheld_sockets_are_counted_once_a_second_old_and_only_with_a_full_scan() -> None:
+    young, old = diag(T1, 1, last_ack_ms=500), diag(T2, 2, last_ack_ms=1500)
+    o = obs(100 * S, [], [young, old], {})
+    assert tracked(min_age=0).update(o, nobody).unheld == 0  # scan did not cover every process
+    o.holders_complete = True
+    assert tracked(min_age=0).update(o, nobody).unheld == 1

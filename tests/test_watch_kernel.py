@@ -180,18 +180,38 @@ def test_forked_child_keeps_the_socket_after_the_parent_closes(peers, watch) -> 
 def test_parent_only_watch_sees_the_socket_released_to_a_child(peers, watch) -> None:
     server, client = peers(), peers()
     pair = connected_pair(server, client)
-    client.call(op="fork_hold")
+    child = client.call(op="fork_hold")["child"]
     w = watch(client.pid)
     fin = server.call(op="close", fd=pair["server_fd"])["mono"]
     refresh_after_min_age(w, fin)
-    assert len(leaks_of(w, client.pid)) == 1
+    (leak,) = leaks_of(w, client.pid)
+    # The child is not watched, but as a descendant its copy is listed.
+    assert [(h.pid, h.fd) for h in leak.holders] == [
+        (client.pid, pair["client_fd"]),
+        (child, pair["client_fd"]),
+    ]
 
     # The parent closes its fd; the child's copy keeps the socket in
     # CLOSE_WAIT, but no watched process holds it any more.
     client.call(op="close", fd=pair["client_fd"])
     (e,) = w.refresh().ended
     assert e.reason == "released" and e.leak.fds == [pair["client_fd"]]
+    assert [(h.pid, h.fd) for h in e.still_held] == [(child, pair["client_fd"])]
     assert leaks_of(w, client.pid) == []
+
+
+def test_fork_inherited_leak_names_the_parent_as_opener(peers, watch) -> None:
+    server, client = peers(), peers()
+    pair = connected_pair(server, client)
+    child = client.call(op="fork_hold")["child"]
+    client.call(op="close", fd=pair["client_fd"])
+    w = watch(child)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    (leak,) = leaks_of(w, child)
+    assert leak.pid == child and leak.fds == [pair["client_fd"]]
+    assert leak.creator is not None and leak.creator.tgid == client.pid
+    assert leak.opener_holds is False
 
 
 def test_close_range_attributed(peers, watch) -> None:

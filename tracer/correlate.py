@@ -31,6 +31,11 @@ from tracer.model import (
 
 StillHolding = Callable[[Leak], list[Holder]]
 
+# A socket is counted as held by no process only after this long in
+# CLOSE_WAIT: a healthy one closed between the sock_diag dump and the /proc
+# scan would otherwise look unheld (seen with --min-age 0 under churn).
+UNHELD_MIN_AGE_NS = NS_PER_S
+
 DROP_NAMES = {
     const("CW_DROP_CLOSE"): "close",
     const("CW_DROP_CLOSE_RANGE"): "close_range",
@@ -50,6 +55,18 @@ class Observation:
     events: list[LeftCloseWait] = field(default_factory=list)
     queried_netns: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # targets that exited
+    targets: frozenset[int] | None = None  # None: every process is a target
+    cgroups: dict[int, str] = field(default_factory=dict)  # pid -> cgroup path
+    holders_complete: bool = False  # holders covers every process on the host
+
+    def is_target(self, pid: int) -> bool:
+        return self.targets is None or pid in self.targets
+
+    def ordered_holders(self, inode: int) -> tuple[list[Holder], list[Holder]]:
+        """(target holders, other holders) of a socket, each sorted by pid and fd."""
+        holders = sorted(self.holders.get(inode, []), key=lambda h: (h.pid, h.fd))
+        mine = [h for h in holders if self.is_target(h.pid)]
+        return mine, [h for h in holders if not self.is_target(h.pid)]
 
 
 @dataclass
@@ -60,6 +77,7 @@ class Changes:
     ended: list[LeakEnded] = field(default_factory=list)
     watch: list[Leak] = field(default_factory=list)  # ask the kernel for events
     unwatch: list[Leak] = field(default_factory=list)  # ended without an event
+    unheld: int = 0  # old enough, but no process holds it (counted if holders_complete)
 
 
 class KernelIndex:
@@ -106,7 +124,8 @@ class LeakTracker:
     """Leaks across refreshes: which sockets are leaking, since when, until when.
 
     A leak is a socket in CLOSE_WAIT for at least min_age whose inode a
-    target fd still holds. It ends when a kernel event says the socket left
+    target fd still holds; it lists every holder the observation knows,
+    targets first. It ends when a kernel event says the socket left
     CLOSE_WAIT, when a refresh no longer finds it in CLOSE_WAIT, or when no
     target holds it any more.
     """
@@ -144,21 +163,22 @@ class LeakTracker:
         seen: set[int] = set()
         for d in obs.diag:
             seen.add(d.inode)
-            holders = obs.holders.get(d.inode, [])
+            mine, others = obs.ordered_holders(d.inode)
             leak = self.leaks.get(d.inode)
             if leak is not None:
-                if holders:
-                    leak.holders = holders
+                if mine:
+                    leak.holders = mine + others
                     leak.recv_q = d.recv_q
-                    leak.comms.update(
-                        {h.pid: obs.comms[h.pid] for h in holders if h.pid in obs.comms}
-                    )
+                    _remember_processes(leak, obs)
                 else:
                     self._drop(leak)
                     ch.unwatch.append(leak)
-                    ch.ended.append(self._released(leak, now, obs.exited))
+                    ch.ended.append(self._released(leak, now, obs.exited, others))
                 continue
-            if not holders:
+            if not mine:
+                if not others and obs.holders_complete:
+                    fin, _exact, _ks = fin_time(d, index, now)
+                    ch.unheld += now - fin >= max(self.min_age_ns, UNHELD_MIN_AGE_NS)
                 continue
             fin, exact, ks = fin_time(d, index, now)
             if now - fin < self.min_age_ns:
@@ -171,13 +191,14 @@ class LeakTracker:
                 age_exact=exact,
                 preexisting=not exact and fin < self.attach_ns,
                 first_seen_ns=now,
-                holders=holders,
-                comms={h.pid: obs.comms.get(h.pid, "?") for h in holders},
+                holders=mine + others,
+                comms={},
                 recv_q=d.recv_q,
                 uid=d.uid,
                 sk=ks.sk if ks else None,
                 creator=ks.creator if ks else None,
             )
+            _remember_processes(leak, obs)
             self._add(leak)
             ch.new.append(leak)
             ch.watch.append(leak)
@@ -244,10 +265,21 @@ class LeakTracker:
             del self._by_tuple[leak.tuple]
 
     @staticmethod
-    def _released(leak: Leak, now: int, exited: set[int]) -> LeakEnded:
-        """No target fd holds the socket any more, yet it is still in CLOSE_WAIT."""
-        gone = {h.pid for h in leak.holders} <= exited
-        return LeakEnded(leak=leak, ts_ns=now, reason="exited" if gone else "released", exact=False)
+    def _released(leak: Leak, now: int, exited: set[int], others: list[Holder]) -> LeakEnded:
+        """No target fd holds the socket any more, yet it is still in CLOSE_WAIT
+        (held by `others`, or by something closewait cannot see)."""
+        target_pids = {h.pid for h in leak.holders} - {h.pid for h in others}
+        reason = "exited" if target_pids <= exited else "released"
+        return LeakEnded(leak, now, reason, exact=False, still_held=others)
+
+
+def _remember_processes(leak: Leak, obs: Observation) -> None:
+    """Keep the last known name and cgroup of every holder (they may exit later)."""
+    for h in leak.holders:
+        if h.pid in obs.comms:
+            leak.comms[h.pid] = obs.comms[h.pid]
+        if h.pid in obs.cgroups:
+            leak.cgroups[h.pid] = obs.cgroups[h.pid]
 
 
 def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEnded:

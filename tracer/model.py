@@ -140,6 +140,18 @@ class Leak:
     uid: int
     sk: int | None = None  # kernel address, when the FIN was seen
     creator: Creator | None = None
+    cgroups: dict[int, str] = field(default_factory=dict)  # pid -> cgroup path
+
+    @property
+    def opener_holds(self) -> bool | None:
+        """Whether the process that connect()ed still holds the socket (None: unknown).
+
+        False is the fork-inheritance signature: the parent opened the
+        connection and closed its fd, a child kept the socket."""
+        c = self.creator
+        if c is None or not c.tgid:
+            return None
+        return any(h.pid == c.tgid for h in self.holders)
 
     def age_s(self, now_ns: int) -> float:
         return max(0, now_ns - self.fin_ns) / NS_PER_S
