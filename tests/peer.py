@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,6 +26,10 @@ PR_SET_PDEATHSIG = 1
 def main() -> None:
     socks: dict[int, socket.socket] = {}
     children: list[int] = []
+    in_flight: list[socket.socket] = []
+    # Tests hold thousands of sockets: take the whole hard limit.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def reply(**kw: object) -> None:
         kw["mono"] = time.monotonic_ns()
@@ -74,6 +79,14 @@ def main() -> None:
                     s = socks.pop(fd, None)
                     if s is not None:
                         s.detach()
+                reply()
+            elif op == "stash":
+                # Send the fd over a unix socket pair and close it: the socket
+                # then lives only in the in-flight message, held by no fd.
+                a, b = socket.socketpair(socket.AF_UNIX)
+                socket.send_fds(a, [b"x"], [cmd["fd"]])
+                socks.pop(cmd["fd"]).close()
+                in_flight.extend((a, b))
                 reply()
             elif op == "dup":
                 new = os.dup(cmd["fd"])

@@ -12,17 +12,18 @@ import pytest
 
 from tests.cli_helpers import LiveCli, run_cli
 from tests.conftest import connected_pair
+from tracer import procfs
 
 pytestmark = pytest.mark.bpf
 
 LEAK_FIELDS = {
     "type", "ts", "pid", "comm", "fd", "fds", "inode", "family", "local", "remote",
     "holders", "netns", "age_s", "age_exact", "preexisting", "recv_q", "uid",
-    "opened_by", "conn_age_s",
+    "cgroup", "container", "opened_by", "opener_holds", "conn_age_s",
 }  # fmt: skip
 SUMMARY_FIELDS = {
-    "type", "ts", "final", "elapsed_s", "leaks", "new", "ended", "targets",
-    "leaks_by_pid", "exited", "events_lost", "map_full", "creators_evicted", "fins_seen",
+    "type", "ts", "final", "elapsed_s", "leaks", "new", "ended", "targets", "leaks_by_pid",
+    "exited", "unheld", "events_lost", "map_full", "creators_evicted", "fins_seen",
 }  # fmt: skip
 
 
@@ -53,7 +54,7 @@ def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peer
     old = connected_pair(server, client)
     server.call(op="send", fd=old["server_fd"], n=300)
     old_fin = server.call(op="close", fd=old["server_fd"])["wall"]
-    time.sleep(1.5)
+    time.sleep(3)
 
     programs_before = bpf_programs()
     cli = live(
@@ -87,9 +88,12 @@ def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peer
         assert leak["holders"] == [
             {"pid": client.pid, "comm": leak["comm"], "fd": pair["client_fd"]}
         ]
-        assert abs(leak["age_s"] - (leak["ts"] - fin)) < 0.5
+        true_age = leak["ts"] - fin
+        assert abs(leak["age_s"] - true_age) <= max(0.5, 0.1 * true_age), (leak, true_age)
     assert leak_new["age_exact"] is True and leak_new["preexisting"] is False
     assert leak_new["opened_by"]["pid"] == client.pid and leak_new["opened_by"]["accepted"] is False
+    assert leak_new["opener_holds"] is True and leak_old["opener_holds"] is None
+    assert leak_new["cgroup"] == procfs.cgroup_path(client.pid) and leak_new["container"] is None
     assert leak_new["conn_age_s"] >= leak_new["age_s"]
     assert leak_old["age_exact"] is False and leak_old["preexisting"] is True
     assert leak_old["opened_by"] is None and leak_old["conn_age_s"] is None

@@ -6,7 +6,15 @@ import json
 import socket
 
 from tracer.model import NS_PER_S, Creator, Holder, Leak, LeakEnded, ProbeStats, SockTuple
-from tracer.render import COLUMNS, JsonRenderer, Summary, TableRenderer
+from tracer.render import (
+    FOOTNOTE_OPENER,
+    SNAPSHOT_COLUMNS,
+    WATCH_COLUMNS,
+    JsonRenderer,
+    ProcessRank,
+    Summary,
+    TableRenderer,
+)
 
 S = NS_PER_S
 HOSTILE = "evil\x1b[2J\nNOTE fake"
@@ -40,7 +48,7 @@ def summary(**kw) -> Summary:
 def test_table_columns_marks_and_totals() -> None:
     lines = TableRenderer().report([leak(), leak(exact=False, creator=False)], summary())
     assert "2 leaking sockets (100 java: 2)" in lines[0] and "events lost 0" in lines[0]
-    assert lines[1].split() == [c.header for c in COLUMNS]
+    assert lines[1].split() == [c.header for c in WATCH_COLUMNS]
     exact_row, estimated_row = lines[2].split(), lines[3].split()
     assert exact_row[:6] == ["100", "java", "7,9+1", "[::1]:40000", "[::1]:8080", "4m12s"]
     assert estimated_row[5] == "~4m12s" and estimated_row[-2:] == ["-", "-"]
@@ -110,3 +118,42 @@ def test_ended_lines() -> None:
     polled = LeakEnded(leak(exact=False), 22 * S, "closed", exact=False)
     assert "(seen by polling)" in TableRenderer().ended(polled, 0.0)
     assert "~12.0s" in TableRenderer().ended(polled, 0.0)
+
+
+def test_opener_that_no_longer_holds_gets_a_mark_and_a_footnote() -> None:
+    lk = leak()
+    lk.creator = Creator(8 * S, 100, 101, "pool-1-thread-1", False)
+    lk.holders = [Holder(200, 3)]  # opened by pid 100, now held by its child only
+    lines = TableRenderer().report([lk], summary())
+    assert lines[2].split()[-2] == "pool-1-thread-1/101*"
+    assert FOOTNOTE_OPENER in lines
+    assert json.loads(JsonRenderer().report([lk], summary())[0])["opener_holds"] is False
+
+
+def test_snapshot_view_has_uid_and_container_columns() -> None:
+    lk = leak()
+    lk.cgroups = {100: "/system.slice/docker-" + "ab" * 32 + ".scope"}
+    lines = TableRenderer("snapshot").report([lk], summary(namespaces=3, unheld=2))
+    assert "snapshot: 1 leaking socket" in lines[0] and "3 network namespaces" in lines[0]
+    assert "2 more in CLOSE_WAIT held by no process" in lines[0]
+    assert lines[1].split() == [c.header for c in SNAPSHOT_COLUMNS]
+    assert lines[2].split()[-2:] == ["1000", "/system.slice/docker-abababababab.scope"]
+    obj = json.loads(JsonRenderer().report([lk], summary())[0])
+    assert obj["container"] == "/system.slice/docker-abababababab.scope"
+    assert obj["cgroup"].endswith("ab" * 32 + ".scope")
+
+
+def test_triage_rows() -> None:
+    ranks = [ProcessRank(100, HOSTILE, 40, 3700.0, 1800, 2048, None)]
+    lines = TableRenderer("snapshot").processes(ranks, 0.0)
+    assert lines[1].split() == ["PID", "COMM", "LEAKS", "OLDEST", "FDS", "FD-LIMIT", "CONTAINER"]
+    assert lines[2].split()[-5:] == ["40", "~1h01m", "1800", "2048", "-"]
+    assert "\x1b" not in lines[2]
+    obj = json.loads(JsonRenderer().processes(ranks, 0.0)[0])
+    assert (obj["type"], obj["leaks"], obj["open_fds"], obj["fd_limit"]) == (
+        "process",
+        40,
+        1800,
+        2048,
+    )
+    assert TableRenderer().processes([], 0.0)[0].endswith("no process holds a socket in CLOSE_WAIT")

@@ -151,6 +151,42 @@ def watch(
 
 
 @cli.command(context_settings=CONTEXT, epilog=EXIT_CODES_EPILOG)
+@click.option(
+    "-p", "--pid", "pids", type=Pid(), multiple=True, help="Process to inspect (repeatable)."
+)
+@click.option("-a", "--all", "all_processes", is_flag=True, help="Every process on the host.")
+@click.option(
+    "--min-age",
+    type=DURATION,
+    default="0",
+    show_default=True,
+    help="Only sockets at least this long in CLOSE_WAIT (estimated).",
+)
+@click.option(
+    "--leaks-only",
+    is_flag=True,
+    help="With --all, skip the per-process triage table and list leaks only.",
+)
+@click.option("--json", "json_lines", is_flag=True, help="JSON lines instead of tables.")
+def snapshot(
+    pids: tuple[int, ...], all_processes: bool, min_age: float, leaks_only: bool, json_lines: bool
+) -> None:
+    """List the sockets in CLOSE_WAIT that PID holds now, without BPF.
+
+    Works where BCC, kernel headers or bpf() are missing: it reads sock_diag
+    (in every network namespace of the targets) and /proc. AGE is estimated
+    from tcp_info (~). Every process's fds are scanned, so each leak lists all
+    its holders; sockets no process holds are counted. With --all, a triage
+    table ranks processes by leaked sockets, with open fds and fd limit.
+    """
+    if bool(pids) == all_processes:
+        raise click.UsageError("give either --pid PID (repeatable) or --all")
+    from tracer.snapshot import run_snapshot
+
+    run_snapshot(pids, all_processes, min_age, json_lines, triage=all_processes and not leaks_only)
+
+
+@cli.command(context_settings=CONTEXT, epilog=EXIT_CODES_EPILOG)
 def doctor() -> None:
     """Check that closewait can run here; print each result and its fix."""
     from tracer.doctor import run_doctor

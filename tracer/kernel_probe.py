@@ -331,10 +331,8 @@ def _return_compiler_memory() -> None:
     kernel. A long-running tracer should not carry its compiler's peak.
     Elsewhere (musl) this is a no-op.
     """
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _decode_tuple(t: Any) -> SockTuple:

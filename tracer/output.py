@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from tracer.model import Leak, LeakEnded
-from tracer.render import JsonRenderer, Summary, TableRenderer
+from tracer.render import JsonRenderer, ProcessRank, Summary, TableRenderer
 
 
 class Output:
-    def __init__(self, json_lines: bool = False, stream: TextIO | None = None) -> None:
-        self.renderer = JsonRenderer() if json_lines else TableRenderer()
+    def __init__(
+        self, json_lines: bool = False, stream: TextIO | None = None, view: str = "watch"
+    ) -> None:
+        self.renderer = JsonRenderer() if json_lines else TableRenderer(view)
         self.stream = stream if stream is not None else sys.stdout
 
     def _write(self, lines: Sequence[str]) -> None:
@@ -24,6 +26,9 @@ class Output:
 
     def report(self, leaks: Sequence[Leak], summary: Summary) -> None:
         self._write(self.renderer.report(leaks, summary))
+
+    def processes(self, ranks: Sequence[ProcessRank], wall: float) -> None:
+        self._write(self.renderer.processes(ranks, wall))
 
     def ended(self, e: LeakEnded) -> None:
         self._write([self.renderer.ended(e, time.time())])

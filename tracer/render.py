@@ -1,8 +1,9 @@
-"""Turn leaks and summaries into text: a table for people, JSON lines for jq.
+"""Turn leaks and summaries into text: tables for people, JSON lines for jq.
 
 Pure functions of their inputs (no clock, no I/O), so both formats are
 tested without a kernel. Every string that came from a traced process goes
-through escape.printable() here, in both formats.
+through escape.printable() here, in both formats. Table columns are declared
+once (header, width, alignment, how to compute the cell) and grouped per view.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tracer.containers import container_of
 from tracer.durations import format_age
 from tracer.escape import printable
 from tracer.model import NS_PER_S, Leak, LeakEnded, ProbeStats
@@ -20,10 +22,10 @@ from tracer.model import NS_PER_S, Leak, LeakEnded, ProbeStats
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals of one refresh."""
+    """Totals of one report."""
 
-    wall: float  # time.time() of the refresh
-    now_ns: int  # CLOCK_MONOTONIC of the refresh, the clock of every *_ns
+    wall: float  # time.time() of the report
+    now_ns: int  # CLOCK_MONOTONIC of the report, the clock of every *_ns
     elapsed_s: float
     targets: dict[int, str]  # live target pid -> comm ({} with --all)
     all_processes: bool
@@ -32,35 +34,24 @@ class Summary:
     stats: ProbeStats
     final: bool = False
     exited: dict[int, str] = field(default_factory=dict)
+    unheld: int | None = None  # CLOSE_WAIT sockets no process holds (None: not counted)
+    namespaces: int | None = None  # network namespaces queried (snapshot)
 
 
 @dataclass(frozen=True)
-class Column:
-    """One table column, declared once: header, width, alignment."""
+class ProcessRank:
+    """One row of the triage view: a process and its leaks."""
 
-    header: str
-    width: int
-    right: bool = False
-
-    def cell(self, text: str) -> str:
-        return text.rjust(self.width) if self.right else text.ljust(self.width)
-
-
-COLUMNS = (
-    Column("PID", 7, right=True),
-    Column("COMM", 15),
-    Column("FD", 6, right=True),
-    Column("LOCAL", 22),
-    Column("REMOTE", 22),
-    Column("AGE", 8, right=True),
-    Column("RECV-Q", 7, right=True),
-    Column("OPENED-BY", 22),
-    Column("CONN-AGE", 8, right=True),
-)
+    pid: int
+    comm: str
+    leaks: int
+    oldest_s: float
+    open_fds: int | None
+    fd_limit: int | None
+    container: str | None
 
 
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(wall))
+# -- cells --------------------------------------------------------------------
 
 
 def _age_text(leak: Leak, now_ns: int) -> str:
@@ -69,18 +60,23 @@ def _age_text(leak: Leak, now_ns: int) -> str:
 
 
 def _fd_text(leak: Leak) -> str:
+    """The first process's fds, then `+N` for holders in other processes."""
     fds = leak.fds
-    text = ",".join(map(str, fds))
     others = len(leak.holders) - len(fds)
+    text = ",".join(map(str, fds))
     return f"{text}+{others}" if others else text
 
 
 def _opened_by(leak: Leak) -> str:
-    """`thread-name/tid` of the connecting thread, `(accepted)`, or `-` if unknown."""
+    """`thread-name/tid` of the connecting thread, `(accepted)`, or `-` if unknown.
+
+    A trailing `*` marks a socket its opener no longer holds (see footnote)."""
     c = leak.creator
     if c is None:
         return "-"
-    return "(accepted)" if c.accepted else f"{printable(c.comm)}/{c.tid}"
+    if c.accepted:
+        return "(accepted)"
+    return f"{printable(c.comm)}/{c.tid}" + ("*" if leak.opener_holds is False else "")
 
 
 def _conn_age(leak: Leak, now_ns: int) -> float | None:
@@ -88,55 +84,132 @@ def _conn_age(leak: Leak, now_ns: int) -> float | None:
     return None if c is None else max(0, now_ns - c.opened_ns) / NS_PER_S
 
 
+def _container(leak: Leak) -> str | None:
+    return container_of(leak.cgroups.get(leak.pid))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: header, width, alignment and the cell's text."""
+
+    header: str
+    width: int
+    value: Callable[[Leak, int], str]
+    right: bool = False
+
+    def cell(self, text: str) -> str:
+        return text.rjust(self.width) if self.right else text.ljust(self.width)
+
+
+PID = Column("PID", 7, lambda lk, now: str(lk.pid), right=True)
+COMM = Column("COMM", 15, lambda lk, now: printable(lk.comms.get(lk.pid, "?"))[:15])
+FD = Column("FD", 6, lambda lk, now: _fd_text(lk), right=True)
+LOCAL = Column("LOCAL", 22, lambda lk, now: lk.tuple.local)
+REMOTE = Column("REMOTE", 22, lambda lk, now: lk.tuple.remote)
+AGE = Column("AGE", 8, _age_text, right=True)
+RECV_Q = Column("RECV-Q", 7, lambda lk, now: str(lk.recv_q), right=True)
+OPENED_BY = Column("OPENED-BY", 23, lambda lk, now: _opened_by(lk)[:23])
+CONN_AGE = Column(
+    "CONN-AGE",
+    8,
+    lambda lk, now: "-" if (a := _conn_age(lk, now)) is None else format_age(a),
+    right=True,
+)
+UID = Column("UID", 6, lambda lk, now: str(lk.uid), right=True)
+CONTAINER = Column("CONTAINER", 0, lambda lk, now: printable(_container(lk) or "-"))
+
+WATCH_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, OPENED_BY, CONN_AGE)
+SNAPSHOT_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, UID, CONTAINER)
+VIEWS = {"watch": WATCH_COLUMNS, "snapshot": SNAPSHOT_COLUMNS}
+
+FOOTNOTE_OPENER = (
+    "* the process that opened the connection no longer holds it "
+    "(inherited across fork, or passed to another process)"
+)
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def _count_by_pid(leaks: Sequence[Leak]) -> dict[int, int]:
+    per_pid: dict[int, int] = {}
+    for lk in leaks:
+        per_pid[lk.pid] = per_pid.get(lk.pid, 0) + 1
+    return per_pid
+
+
 def _lost_text(stats: ProbeStats) -> str:
-    parts = [f"events lost {stats.events_lost}"]
+    parts = [
+        f"events lost {stats.events_lost}" + (": raise --buffer-pages" if stats.events_lost else "")
+    ]
     if stats.cw_full:
         parts.append(f"FINs untracked (map full) {stats.cw_full}: raise --max-sockets")
     if stats.conns_evicted:
         parts.append(f"creators evicted {stats.conns_evicted}: raise --max-conns")
-    if stats.events_lost:
-        parts[0] += ": raise --buffer-pages"
     return ", ".join(parts)
 
 
 class TableRenderer:
     """ss-like text: a header line with totals, then one row per leaked socket."""
 
+    def __init__(self, view: str = "watch") -> None:
+        self.view = view
+        self.columns = VIEWS[view]
+
     def report(self, leaks: Sequence[Leak], s: Summary) -> list[str]:
+        lines = [self._head(leaks, s)]
+        if leaks:
+            lines.append(self._row(c.header for c in self.columns))
+            lines.extend(self._row(c.value(lk, s.now_ns) for c in self.columns) for lk in leaks)
+            if OPENED_BY in self.columns and any(lk.opener_holds is False for lk in leaks):
+                lines.append(FOOTNOTE_OPENER)
+        lines.append("")
+        return lines
+
+    def _row(self, cells: Sequence[str] | object) -> str:
+        return " ".join(c.cell(v) for c, v in zip(self.columns, cells)).rstrip()
+
+    def _head(self, leaks: Sequence[Leak], s: Summary) -> str:
         per_pid = _count_by_pid(leaks)
         if s.all_processes:
             comms = {lk.pid: lk.comms.get(lk.pid, "?") for lk in leaks}
-            who = ", ".join(
-                f"{pid} {printable(comms[pid])}: {n}"
-                for pid, n in sorted(per_pid.items(), key=lambda kv: -kv[1])
-            )
+            ranked = sorted(per_pid.items(), key=lambda kv: -kv[1])
+            who = ", ".join(f"{pid} {printable(comms[pid])}: {n}" for pid, n in ranked[:5])
+            if len(ranked) > 5:
+                who += f", +{len(ranked) - 5} more processes"
         else:
             who = ", ".join(
                 f"{pid} {printable(comm)}: {per_pid.get(pid, 0)}" for pid, comm in s.targets.items()
             )
-        title = "final report" if s.final else "closewait"
-        head = (
-            f"{_clock(s.wall)} {title}: {len(leaks)} leaking socket{'s' if len(leaks) != 1 else ''}"
-            f" ({who or 'no target left'}) | new {s.new}, ended {s.ended}"
-            f" | {_lost_text(s.stats)}"
-        )
-        lines = [head]
-        if leaks:
-            lines.append(" ".join(c.cell(c.header) for c in COLUMNS).rstrip())
-            for lk in leaks:
-                conn_age = _conn_age(lk, s.now_ns)
-                cells = (
-                    str(lk.pid),
-                    printable(lk.comms.get(lk.pid, "?"))[:15],
-                    _fd_text(lk),
-                    lk.tuple.local,
-                    lk.tuple.remote,
-                    _age_text(lk, s.now_ns),
-                    str(lk.recv_q),
-                    _opened_by(lk)[:22],
-                    "-" if conn_age is None else format_age(conn_age),
-                )
-                lines.append(" ".join(c.cell(v) for c, v in zip(COLUMNS, cells)).rstrip())
+        n = len(leaks)
+        head = f"{_clock(s.wall)} {self._title(s)}: {n} leaking socket{'' if n == 1 else 's'}"
+        head += f" ({who or 'no target left'})"
+        if s.unheld:
+            head += f", {s.unheld} more in CLOSE_WAIT held by no process"
+        if self.view == "snapshot":
+            ns = s.namespaces or 0
+            return head + f" | {ns} network namespace{'' if ns == 1 else 's'}, {s.elapsed_s:.2f}s"
+        return head + f" | new {s.new}, ended {s.ended} | {_lost_text(s.stats)}"
+
+    def _title(self, s: Summary) -> str:
+        if self.view == "snapshot":
+            return "snapshot"
+        return "final report" if s.final else "closewait"
+
+    def processes(self, ranks: Sequence[ProcessRank], wall: float) -> list[str]:
+        """The triage view: processes ranked by leaked sockets."""
+        if not ranks:
+            return [f"{_clock(wall)} no process holds a socket in CLOSE_WAIT", ""]
+        lines = [f"{_clock(wall)} processes holding sockets in CLOSE_WAIT, most first:"]
+        header = ("PID", "COMM", "LEAKS", "OLDEST", "FDS", "FD-LIMIT")
+        lines.append("{:>7} {:<15} {:>6} {:>8} {:>7} {:>8} CONTAINER".format(*header))
+        for r in ranks:
+            lines.append(
+                f"{r.pid:>7} {printable(r.comm)[:15]:<15} {r.leaks:>6} "
+                f"{'~' + format_age(r.oldest_s):>8} {_opt(r.open_fds):>7} {_opt(r.fd_limit):>8} "
+                f"{printable(r.container or '-')}"
+            )
         lines.append("")
         return lines
 
@@ -156,11 +229,8 @@ class TableRenderer:
         return f"{_clock(wall)} NOTE {message}"
 
 
-def _count_by_pid(leaks: Sequence[Leak]) -> dict[int, int]:
-    per_pid: dict[int, int] = {}
-    for lk in leaks:
-        per_pid[lk.pid] = per_pid.get(lk.pid, 0) + 1
-    return per_pid
+def _opt(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 def describe_end(e: LeakEnded) -> str:
@@ -178,13 +248,15 @@ def describe_end(e: LeakEnded) -> str:
         text = "closed" + who + (f" via {how}" if how else "")
         return text if e.exact else text + " (seen by polling)"
     if e.reason == "exited":
-        return "process exited" + who
+        text = "process exited" + who
+        return text + (f"; the socket is still held by {held}" if held else "")
     if e.reason == "reset":
         return f"left CLOSE_WAIT (reset by the peer?) but still open: {held}" if held else "reset"
     if e.reason == "shutdown":
         return f"shut down but still open: {held}"
     if e.reason == "released":
-        return "no target holds it any more, yet it is still in CLOSE_WAIT (held elsewhere)"
+        where = held or "a process or kernel user closewait cannot see"
+        return f"no watched process holds it any more; still in CLOSE_WAIT, held by {where}"
     return e.reason
 
 
@@ -213,6 +285,7 @@ class JsonRenderer:
                     "exited": [
                         {"pid": pid, "comm": printable(comm)} for pid, comm in s.exited.items()
                     ],
+                    "unheld": s.unheld,
                     "events_lost": s.stats.events_lost,
                     "map_full": s.stats.cw_full,
                     "creators_evicted": s.stats.conns_evicted,
@@ -221,6 +294,24 @@ class JsonRenderer:
             )
         )
         return lines
+
+    def processes(self, ranks: Sequence[ProcessRank], wall: float) -> list[str]:
+        return [
+            _dumps(
+                {
+                    "type": "process",
+                    "ts": round(wall, 3),
+                    "pid": r.pid,
+                    "comm": printable(r.comm),
+                    "leaks": r.leaks,
+                    "oldest_s": round(r.oldest_s, 3),
+                    "open_fds": r.open_fds,
+                    "fd_limit": r.fd_limit,
+                    "container": None if r.container is None else printable(r.container),
+                }
+            )
+            for r in ranks
+        ]
 
     def ended(self, e: LeakEnded, wall: float) -> str:
         lk = e.leak
@@ -261,6 +352,7 @@ def _identity(lk: Leak) -> dict:
 def leak_json(lk: Leak, s: Summary) -> dict:
     c = lk.creator
     conn_age = _conn_age(lk, s.now_ns)
+    cgroup = lk.cgroups.get(lk.pid)
     return {
         "type": "leak",
         "ts": round(s.wall, 3),
@@ -275,6 +367,8 @@ def leak_json(lk: Leak, s: Summary) -> dict:
         "preexisting": lk.preexisting,
         "recv_q": lk.recv_q,
         "uid": lk.uid,
+        "cgroup": None if cgroup is None else printable(cgroup),
+        "container": None if (ct := container_of(cgroup)) is None else printable(ct),
         "opened_by": None
         if c is None
         else {
@@ -283,6 +377,7 @@ def leak_json(lk: Leak, s: Summary) -> dict:
             "comm": printable(c.comm) if c.comm else None,
             "accepted": c.accepted,
         },
+        "opener_holds": lk.opener_holds,
         "conn_age_s": None if conn_age is None else round(conn_age, 3),
     }
 

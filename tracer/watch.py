@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 from tracer import procfs
 from tracer.correlate import Changes, KernelIndex, LeakTracker, Observation
+from tracer.gather import dump_close_wait, holder_scope, process_facts
 from tracer.kernel_probe import KernelProbe
 from tracer.model import NS_PER_S, Holder, Leak
 from tracer.output import Output
 from tracer.render import Summary
-from tracer.sockdiag import DiagPool, NetnsUnavailable
+from tracer.sockdiag import DiagPool
 from tracer.targets import Targets
 
 # Holders of known leaks are re-verified every refresh with one readlink
@@ -61,6 +62,8 @@ class Watcher:
         self._foreign: set[int] = set()  # CLOSE_WAIT inodes no target held at the last scan
         self._last_full_scan = 0
         self._since_report = Changes()  # what changed since the last summary
+        self.unheld = 0  # sockets in CLOSE_WAIT no process holds (with --all)
+        self._reported: set[str] = set()  # problems already shown once
         self.notices: list[str] = []
         if not targets.all_processes:
             probe.set_targets(set(targets.live))
@@ -76,47 +79,56 @@ class Watcher:
         if poll.exited_now and not self.targets.all_processes:
             self.probe.set_targets(set(self.targets.live))
 
-        diag = []
-        queried: set[int] = set()
-        for netns, pid in poll.namespaces.items():
-            try:
-                diag.extend(self.pool.close_wait(netns, pid))
-                queried.add(netns)
-            except (NetnsUnavailable, OSError) as exc:
-                self.notices.append(f"cannot query network namespace {netns} via pid {pid}: {exc}")
-        self.pool.retain(set(poll.namespaces))
+        dump = dump_close_wait(self.pool, poll)
+        for problem in dump.problems:
+            if problem not in self._reported:
+                self._reported.add(problem)
+                self.notices.append(problem)
 
         now = self.clock()
         kernel = self.probe.read_sockets()
         index = KernelIndex(kernel)
-        in_cw = {d.inode for d in diag}
+        in_cw = {d.inode for d in dump.diag}
         self._foreign &= in_cw
         candidates = [
-            d for d in self.tracker.candidates(diag, index, now) if d.inode not in self._foreign
+            d
+            for d in self.tracker.candidates(dump.diag, index, now)
+            if d.inode not in self._foreign
         ]
+        targets = None if self.targets.all_processes else frozenset(poll.pids)
         if candidates or now - self._last_full_scan > FULL_SCAN_EVERY_S * NS_PER_S:
-            holders = procfs.holders_of(poll.pids)
+            holders = procfs.holders_of(holder_scope(self.targets, poll))
             self._last_full_scan = now
-            self._foreign = {d.inode for d in candidates if d.inode not in holders}
+            self._foreign = {
+                d.inode
+                for d in candidates
+                if not any(targets is None or h.pid in targets for h in holders.get(d.inode, []))
+            }
         else:
+            # Nothing new to attribute: re-read only the known holders' fds.
             holders = {}
             for leak in self.tracker.leaks.values():
                 still = _still_holding(leak)
                 if still:
                     holders[leak.inode] = still
-        comms = self._comms({h.pid for hs in holders.values() for h in hs})
+        holders = {inode: hs for inode, hs in holders.items() if inode in in_cw}
+        comms, cgroups = process_facts(h.pid for hs in holders.values() for h in hs)
 
         obs = Observation(
             now_ns=now,
             kernel=kernel,
-            diag=diag,
-            holders={inode: hs for inode, hs in holders.items() if inode in in_cw},
+            diag=dump.diag,
+            holders=holders,
             comms=comms,
             events=self.probe.poll(0),
-            queried_netns=queried,
+            queried_netns=dump.queried,
             exited=set(self.targets.exited),
+            targets=targets,
+            cgroups=cgroups,
+            holders_complete=self.targets.all_processes,
         )
         changes = self.tracker.update(obs, _still_holding)
+        self.unheld = changes.unheld
         self._sync_kernel(changes)
         return changes
 
@@ -128,15 +140,6 @@ class Watcher:
         changes = Changes(ended=self.tracker.apply_events(events, _still_holding))
         self._sync_kernel(changes)
         return changes
-
-    def _comms(self, pids: set[int]) -> dict[int, str]:
-        out = {}
-        for pid in pids:
-            try:
-                out[pid] = procfs.comm(pid)
-            except procfs.ProcessGone:
-                continue
-        return out
 
     def _sync_kernel(self, changes: Changes) -> None:
         self._since_report.new += changes.new
@@ -168,6 +171,7 @@ class Watcher:
             stats=self.probe.stats(),
             final=final,
             exited=dict(self.targets.exited),
+            unheld=self.unheld if self.targets.all_processes else None,
         )
 
     def leaks(self) -> list[Leak]:
