@@ -20,6 +20,8 @@
  *                     buffer (>= 5.8) over the per-CPU perf buffer
  *  CW_FILTER_PIDS     record fd drops only for tgids in `targets`
  *  CW_HAVE_CLOSE_RANGE  the kernel has sys_enter_close_range (5.9+)
+ *  CW_HAVE_DUP2       the architecture has dup2 (arm64 has only dup3)
+ *  CW_MAX_LAT         latency histogram buckets (per process, port, slot)
  */
 #include <uapi/linux/ptrace.h>
 #include "closewait.h"
@@ -62,8 +64,12 @@ struct cw_fd_drop {
     u32 pad;
 };
 
-/* Sent to user space when a watched socket leaves CLOSE_WAIT. */
+/* Sent to user space when a watched socket leaves CLOSE_WAIT
+ * (CW_EV_LEFT_CLOSE_WAIT), or when a target drops a watched fd
+ * (CW_EV_FD_DROP: skaddr, fin_ns, t and states are zero). */
 struct cw_event {
+    u32 kind;
+    u32 pad0;
     u64 ts;
     u64 skaddr;
     u64 fin_ns; /* 0 for sockets already in CLOSE_WAIT at attach */
@@ -120,6 +126,29 @@ BPF_HASH(preexist, struct cw_tuple, u8, CW_MAX_PREEXIST);
 
 /* Thread-group ids whose fd drops are recorded (with CW_FILTER_PIDS). */
 BPF_HASH(targets, u32, u8, CW_MAX_TARGETS);
+
+/* (tgid, fd) pairs that hold a leaked socket, marked by user space: a
+ * close()/dup2() on one of them is reported even when the socket survives it
+ * (another fd or a forked child still holds it), which no state change
+ * would show. Only marked pairs cost an event. */
+struct cw_fd_key {
+    u32 tgid;
+    u32 fd;
+};
+BPF_HASH(watched_fds, struct cw_fd_key, u64, CW_MAX_SOCKS);
+/* tgid -> number of its watched fds, so close_range() needs one lookup. */
+BPF_HASH(watched_pids, u32, u32, CW_MAX_TARGETS);
+
+/* FIN-to-close latency of every socket a target closes, log2 microsecond
+ * slots, per process and per service port: the picture of how a healthy
+ * process closes its connections, next to the ones it never closes. */
+struct cw_lat_key {
+    u32 tgid;
+    u16 port;
+    u8 side; /* CW_SIDE_* */
+    u8 slot; /* log2(microseconds) */
+};
+BPF_HASH(close_latency, struct cw_lat_key, u64, CW_MAX_LAT);
 
 BPF_PERCPU_ARRAY(stats, u64, CW_STAT_MAX);
 
@@ -199,22 +228,93 @@ static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
         stat_add(CW_STAT_CW_FULL);
 }
 
+static __always_inline int emit(void *ctx, struct cw_event *e)
+{
+#ifdef CW_USE_RINGBUF
+    if (events.ringbuf_output(e, sizeof(*e), 0) != 0) {
+#else
+    if (events.perf_submit(ctx, e, sizeof(*e)) != 0) {
+#endif
+        stat_add(CW_STAT_EVENTS_LOST);
+        return -1;
+    }
+    stat_add(CW_STAT_EVENTS);
+    return 0;
+}
+
+static __always_inline int is_target(u32 tgid)
+{
+#ifdef CW_FILTER_PIDS
+    return targets.lookup(&tgid) != 0;
+#else
+    return 1;
+#endif
+}
+
+/* The thread's fd drop that explains a state change happening now, if any.
+ * A single-fd drop is consumed; a range (close_range, exit) may release
+ * many sockets and is left for the others, to expire by age. */
+static __always_inline int take_fd_drop(u32 tid, u64 now, struct cw_fd_drop *out)
+{
+    struct cw_fd_drop *d = fd_drops.lookup(&tid);
+    if (!d)
+        return 0;
+    if (now - d->ts >= CW_DROP_MAX_AGE_NS) {
+        stat_add(CW_STAT_DROPS_STALE);
+        fd_drops.delete(&tid);
+        return 0;
+    }
+    *out = *d;
+    if (out->fd_lo == out->fd_hi)
+        fd_drops.delete(&tid);
+    return 1;
+}
+
+static __always_inline void record_latency(u32 tgid, const struct cw_sock *s, u64 delta_ns)
+{
+    struct cw_lat_key k = {};
+    k.tgid = tgid;
+    if (s->c.how == CW_OPENED_CONNECT) {
+        k.side = CW_SIDE_REMOTE;
+        k.port = s->t.dport;
+    } else if (s->c.how == CW_OPENED_ACCEPT) {
+        k.side = CW_SIDE_LOCAL;
+        k.port = s->t.sport;
+    }
+    k.slot = bpf_log2l(delta_ns / 1000);
+    u64 zero = 0;
+    u64 *count = close_latency.lookup_or_try_init(&k, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        stat_add(CW_STAT_LAT_FULL);
+}
+
 /* Leaving CLOSE_WAIT. When the application drops the last reference to the
  * socket (close() and friends), tcp_close() moves it to LAST_ACK, or to CLOSE
- * with an RST when unread data was still queued, in the closing thread. An
- * RST from the peer moves it to CLOSE in softirq, where the current task is
- * unrelated; so is a keepalive timeout. User space tells these apart by
- * checking whether the fds that held the socket still do. */
+ * with an RST when unread data was still queued, in the closing thread, right
+ * after that thread's fd drop. An RST from the peer moves it to CLOSE in
+ * softirq, where the current task is unrelated and has no recent fd drop; so
+ * does a keepalive timeout. User space also checks whether the fds that held
+ * the socket still do. */
 static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_tuple *t,
                                              int oldstate, int newstate)
 {
     struct cw_event e = {};
+    struct cw_fd_drop drop = {};
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 tid = (u32)id;
+    u64 now = bpf_ktime_get_ns();
+    int dropped = take_fd_drop(tid, now, &drop);
     struct cw_sock *s = closewait.lookup(&sk);
 
     stat_add(CW_STAT_CW_LEFT);
     if (s) {
         e.fin_ns = s->fin_ns;
         e.t = s->t; /* copied before the delete, for the same reason */
+        if (dropped && is_target(tgid))
+            record_latency(tgid, s, now - s->fin_ns);
         closewait.delete(&sk);
         u64 *judged = watched.lookup(&sk);
         if (!judged)
@@ -235,37 +335,20 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
         e.source = CW_SRC_PREEXIST;
     }
 
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    e.ts = bpf_ktime_get_ns();
+    e.kind = CW_EV_LEFT_CLOSE_WAIT;
+    e.ts = now;
     e.skaddr = sk;
-    e.tgid = id >> 32;
+    e.tgid = tgid;
     e.tid = tid;
     e.oldstate = oldstate;
     e.newstate = newstate;
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
-
-    struct cw_fd_drop *d = fd_drops.lookup(&tid);
-    if (d) {
-        if (e.ts - d->ts < CW_DROP_MAX_AGE_NS) {
-            e.drop_kind = d->kind;
-            e.fd_lo = d->fd_lo;
-            e.fd_hi = d->fd_hi;
-        } else {
-            stat_add(CW_STAT_DROPS_STALE);
-        }
-        fd_drops.delete(&tid);
+    if (dropped) {
+        e.drop_kind = drop.kind;
+        e.fd_lo = drop.fd_lo;
+        e.fd_hi = drop.fd_hi;
     }
-
-#ifdef CW_USE_RINGBUF
-    if (events.ringbuf_output(&e, sizeof(e), 0) != 0) {
-#else
-    if (events.perf_submit(ctx, &e, sizeof(e)) != 0) {
-#endif
-        stat_add(CW_STAT_EVENTS_LOST);
-        return;
-    }
-    stat_add(CW_STAT_EVENTS);
+    emit(ctx, &e);
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
@@ -296,26 +379,45 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     return 0;
 }
 
-static __always_inline void record_fd_drop(u32 kind, u32 fd_lo, u32 fd_hi)
+/* Remember a thread's fd drop; report it if it touches a watched fd. */
+static __always_inline void record_fd_drop(void *ctx, u32 kind, u32 fd_lo, u32 fd_hi)
 {
     u64 id = bpf_get_current_pid_tgid();
-#ifdef CW_FILTER_PIDS
     u32 tgid = id >> 32;
-    if (targets.lookup(&tgid) == 0)
-        return;
-#endif
     u32 tid = (u32)id;
+    if (!is_target(tgid))
+        return;
     struct cw_fd_drop d = {};
     d.ts = bpf_ktime_get_ns();
     d.kind = kind;
     d.fd_lo = fd_lo;
     d.fd_hi = fd_hi;
     fd_drops.update(&tid, &d);
+
+    if (kind == CW_DROP_EXIT)
+        return; /* user space sees the process go away */
+    if (fd_lo == fd_hi) {
+        struct cw_fd_key k = {tgid, fd_lo};
+        if (watched_fds.lookup(&k) == 0)
+            return;
+    } else if (watched_pids.lookup(&tgid) == 0) {
+        return;
+    }
+    struct cw_event e = {};
+    e.kind = CW_EV_FD_DROP;
+    e.ts = d.ts;
+    e.tgid = tgid;
+    e.tid = tid;
+    e.drop_kind = kind;
+    e.fd_lo = fd_lo;
+    e.fd_hi = fd_hi;
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    emit(ctx, &e);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
-    record_fd_drop(CW_DROP_CLOSE, args->fd, args->fd);
+    record_fd_drop(args, CW_DROP_CLOSE, args->fd, args->fd);
     return 0;
 }
 
@@ -326,10 +428,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
 {
     if (args->flags & 4)
         return 0;
-    record_fd_drop(CW_DROP_CLOSE_RANGE, args->fd, args->max_fd);
+    record_fd_drop(args, CW_DROP_CLOSE_RANGE, args->fd, args->max_fd);
     return 0;
 }
 #endif
+
+/* dup2()/dup3() onto an open fd close it first (its file is released after
+ * the syscall, through task_work, like close_range). dup2(fd, fd) and a
+ * failing call drop nothing; user space checks the fd afterwards. */
+#ifdef CW_HAVE_DUP2
+TRACEPOINT_PROBE(syscalls, sys_enter_dup2)
+{
+    if (args->oldfd != args->newfd)
+        record_fd_drop(args, CW_DROP_DUP2, args->newfd, args->newfd);
+    return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
+{
+    if (args->oldfd != args->newfd)
+        record_fd_drop(args, CW_DROP_DUP2, args->newfd, args->newfd);
+    return 0;
+}
 
 /* A thread exits. sched_process_exit fires in do_exit() before
  * exit_files(); when the last thread goes, exit_files() drops every fd and
@@ -337,6 +458,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
  * CLOSE_WAIT exit that follows is the process's exit, not a close(). */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
-    record_fd_drop(CW_DROP_EXIT, 0, 0xffffffff);
+    record_fd_drop(args, CW_DROP_EXIT, 0, 0xffffffff);
     return 0;
 }

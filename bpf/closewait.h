@@ -31,6 +31,16 @@
 #define CW_DROP_CLOSE 1
 #define CW_DROP_CLOSE_RANGE 2
 #define CW_DROP_EXIT 3 /* the thread is exiting: its fd table may be released */
+#define CW_DROP_DUP2 4 /* dup2()/dup3() onto an open fd closes it first */
+
+/* struct cw_event.kind */
+#define CW_EV_LEFT_CLOSE_WAIT 1 /* a watched socket left CLOSE_WAIT */
+#define CW_EV_FD_DROP 2         /* a target dropped a watched (pid, fd) */
+
+/* struct cw_lat_key.side: which port keys a latency histogram bucket. */
+#define CW_SIDE_UNKNOWN 0 /* opened before attach */
+#define CW_SIDE_REMOTE 1  /* connect()ed: the peer's (service) port */
+#define CW_SIDE_LOCAL 2   /* accepted: our listening port */
 
 /* struct cw_event.source: how the kernel knew the socket was watched. */
 #define CW_SRC_MAP 1      /* in closewait and in watched */
@@ -45,7 +55,8 @@
 #define CW_STAT_EVENTS 5         /* events sent to user space */
 #define CW_STAT_EVENTS_LOST 6    /* events the ring buffer had no room for */
 #define CW_STAT_DROPS_STALE 7    /* fd drops too old to explain a close */
-#define CW_STAT_MAX 8
+#define CW_STAT_LAT_FULL 8       /* closes the latency map had no room for */
+#define CW_STAT_MAX 9
 
 /* A pending fd drop explains a CLOSE_WAIT exit in the same thread only if
  * it is this recent: close() releases the socket before it returns,

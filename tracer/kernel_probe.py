@@ -19,7 +19,15 @@ from tracer import bpf_maps, preflight
 from tracer.bpf_abi import bpf_dir, const
 from tracer.errors import CloseWaitError
 from tracer.exitcodes import ExitStatus
-from tracer.model import Creator, KernelSock, LeftCloseWait, ProbeStats, SockTuple
+from tracer.model import (
+    Creator,
+    FdDrop,
+    KernelSock,
+    LatencyBucket,
+    LeftCloseWait,
+    ProbeStats,
+    SockTuple,
+)
 
 # Limits for map sizes given on the command line: the BPF hash maps are
 # preallocated, so a huge number would pin that much kernel memory.
@@ -34,11 +42,12 @@ class ProbeConfig:
     max_conns: int = 65536  # creators of live connections (LRU)
     max_threads: int = 32768  # pending fd drops (LRU)
     max_targets: int = 1024
+    max_latency_buckets: int = 16384  # (process, port, log2 slot) triples
     buffer_pages: int = 64  # ring buffer size in pages (power of two)
     filter_pids: bool = False  # record fd drops of targets only
     ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
 
-    def cflags(self, have_close_range: bool) -> list[str]:
+    def cflags(self, have_close_range: bool, have_dup2: bool = True) -> list[str]:
         use_rb = preflight.ringbuf_supported() if self.ring_buffer is None else self.ring_buffer
         flags = [
             f"-I{bpf_dir()}",
@@ -48,6 +57,7 @@ class ProbeConfig:
             f"-DCW_MAX_THREADS={self.max_threads}",
             f"-DCW_MAX_TARGETS={self.max_targets}",
             f"-DCW_RINGBUF_PAGES={self.buffer_pages}",
+            f"-DCW_MAX_LAT={self.max_latency_buckets}",
         ]
         if use_rb:
             flags.append("-DCW_USE_RINGBUF")
@@ -55,6 +65,8 @@ class ProbeConfig:
             flags.append("-DCW_FILTER_PIDS")
         if have_close_range:
             flags.append("-DCW_HAVE_CLOSE_RANGE")
+        if have_dup2:
+            flags.append("-DCW_HAVE_DUP2")
         return flags
 
 
@@ -140,22 +152,25 @@ class KernelProbe:
             raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
 
         root = preflight.tracefs_root()
-        have_close_range = bool(
-            root and (root / "events/syscalls/sys_enter_close_range/format").is_file()
-        )
+
+        def have(event: str) -> bool:
+            return bool(root and (root / "events/syscalls" / event / "format").is_file())
+
+        have_close_range = have("sys_enter_close_range")
         self.have_close_range = have_close_range
+        cflags = self.config.cflags(have_close_range, have("sys_enter_dup2"))
         self.compile_messages: list[str] = []
         try:
             with _captured_stderr() as diag:
                 self._bpf = BPF(
                     src_file=str(bpf_dir() / "closewait.bpf.c").encode(),
-                    cflags=self.config.cflags(have_close_range),
+                    cflags=cflags,
                 )
         except Exception as exc:  # BCC raises bare Exception for every failure
             raise _classify_load_error(exc, diag) from exc
         self.compile_messages = diag
         _return_compiler_memory()
-        self.ring_buffer = "-DCW_USE_RINGBUF" in self.config.cflags(have_close_range)
+        self.ring_buffer = "-DCW_USE_RINGBUF" in cflags
         b = self._bpf
         self._closewait = b[b"closewait"]
         self._watched = b[b"watched"]
@@ -164,11 +179,15 @@ class KernelProbe:
         self._stats = b[b"stats"]
         self._conns = b[b"conns"]
         self._events = b[b"events"]
+        self._watched_fds = b[b"watched_fds"]
+        self._watched_pids = b[b"watched_pids"]
+        self._latency = b[b"close_latency"]
+        self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._event_type = ctypes.POINTER(b[b"event_layout"].Leaf)
         self.decode_errors = 0
         self._reader = bpf_maps.BatchReader(self._closewait)
         self._cache: dict[int, KernelSock] = {}
-        self._pending: list[LeftCloseWait] = []
+        self._pending: list[LeftCloseWait | FdDrop] = []
         self._perf_lost = 0
         if self.ring_buffer:
             self._events.open_ring_buffer(self._on_event)
@@ -245,6 +264,40 @@ class KernelProbe:
         p = self._preexist
         bpf_maps.delete(p, _tuple_key(p.Key, t))
 
+    def watch_fd(self, pid: int, fd: int, inode: int) -> bool:
+        """Ask for an event when pid drops fd, which holds leaked socket inode."""
+        t = self._watched_fds
+        if not bpf_maps.update(t, _fd_key(t.Key, pid, fd), t.Leaf(inode)):
+            return False
+        self._fd_marks[pid] = self._fd_marks.get(pid, 0) + 1
+        p = self._watched_pids
+        bpf_maps.update(p, p.Key(pid), p.Leaf(self._fd_marks[pid]))
+        return True
+
+    def unwatch_fd(self, pid: int, fd: int) -> None:
+        t = self._watched_fds
+        if not bpf_maps.delete(t, _fd_key(t.Key, pid, fd)):
+            return
+        left = self._fd_marks.get(pid, 1) - 1
+        p = self._watched_pids
+        if left:
+            self._fd_marks[pid] = left
+            bpf_maps.update(p, p.Key(pid), p.Leaf(left))
+        else:
+            self._fd_marks.pop(pid, None)
+            bpf_maps.delete(p, p.Key(pid))
+
+    def read_latency(self) -> list[LatencyBucket]:
+        """The FIN-to-close histogram, every (process, port, slot) with its count."""
+        sides = {
+            const("CW_SIDE_REMOTE"): "remote",
+            const("CW_SIDE_LOCAL"): "local",
+        }
+        return [
+            LatencyBucket(k.tgid, sides.get(k.side, "unknown"), k.port, k.slot, int(v.value))
+            for k, v in self._latency.items()
+        ]
+
     def stats(self) -> ProbeStats:
         s = self._stats
         values = {name: bpf_maps.percpu_sum(s, const(f"CW_STAT_{name}")) for name in _STAT_NAMES}
@@ -266,6 +319,7 @@ class KernelProbe:
             events=values["EVENTS"],
             events_lost=values["EVENTS_LOST"] + self._perf_lost,
             drops_stale=values["DROPS_STALE"],
+            latency_full=values["LAT_FULL"],
         )
 
     # -- events ------------------------------------------------------------
@@ -278,8 +332,11 @@ class KernelProbe:
             self.decode_errors += 1
         return 0
 
-    def _decode_event(self, data: Any) -> LeftCloseWait:
+    def _decode_event(self, data: Any) -> LeftCloseWait | FdDrop:
         e = ctypes.cast(data, self._event_type).contents
+        comm = bytes(e.comm).rstrip(b"\0").decode("utf-8", "surrogateescape")
+        if e.kind == const("CW_EV_FD_DROP"):
+            return FdDrop(e.ts, e.tgid, e.tid, comm, e.drop_kind, e.fd_lo, e.fd_hi)
         return LeftCloseWait(
             ts_ns=e.ts,
             sk=e.skaddr,
@@ -287,7 +344,7 @@ class KernelProbe:
             tuple=_decode_tuple(e.t),
             tgid=e.tgid,
             tid=e.tid,
-            comm=bytes(e.comm).rstrip(b"\0").decode("utf-8", "surrogateescape"),
+            comm=comm,
             drop_kind=e.drop_kind,
             fd_lo=e.fd_lo,
             fd_hi=e.fd_hi,
@@ -298,7 +355,7 @@ class KernelProbe:
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
 
-    def poll(self, timeout_ms: int) -> list[LeftCloseWait]:
+    def poll(self, timeout_ms: int) -> list[LeftCloseWait | FdDrop]:
         """Wait up to timeout_ms for events (0: just drain); return what arrived."""
         if self._bpf is None:
             return []
@@ -321,6 +378,7 @@ _STAT_NAMES = (
     "EVENTS",
     "EVENTS_LOST",
     "DROPS_STALE",
+    "LAT_FULL",
 )
 
 
@@ -351,6 +409,12 @@ def _decode_sock(sk: int, v: Any) -> KernelSock:
             accepted=c.how == const("CW_OPENED_ACCEPT"),
         )
     return KernelSock(sk=sk, fin_ns=v.fin_ns, tuple=_decode_tuple(v.t), creator=creator)
+
+
+def _fd_key(key_type: Any, pid: int, fd: int) -> Any:
+    k = key_type()
+    k.tgid, k.fd = pid, fd
+    return k
 
 
 def _tuple_key(key_type: Any, t: SockTuple) -> Any:

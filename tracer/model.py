@@ -120,6 +120,30 @@ class LeftCloseWait:
     preexisting: bool
 
 
+@dataclass(frozen=True)
+class FdDrop:
+    """A target entered close()/close_range()/dup2() on a watched fd (decoded BPF event)."""
+
+    ts_ns: int
+    tgid: int
+    tid: int
+    comm: str
+    drop_kind: int
+    fd_lo: int
+    fd_hi: int
+
+
+@dataclass(frozen=True)
+class LatencyBucket:
+    """One slot of the in-kernel FIN-to-close histogram."""
+
+    pid: int
+    side: str  # "remote" (connect()ed: peer's port), "local" (accepted), "unknown"
+    port: int
+    slot: int  # log2 of microseconds: [2**slot, 2**(slot+1)) µs; slot 0 also holds 0 µs
+    count: int
+
+
 @dataclass
 class Leak:
     """A socket in CLOSE_WAIT that a target process still holds open.
@@ -188,6 +212,21 @@ class LeakEnded:
 
 
 @dataclass(frozen=True)
+class FdReleased:
+    """A target dropped one of its fds for a leaked socket, and the socket
+    stayed in CLOSE_WAIT because other fds (a dup, a forked child) hold it."""
+
+    leak: Leak
+    ts_ns: int
+    pid: int
+    tid: int
+    comm: str
+    fd: int
+    via: str  # "close", "close_range", "dup2"
+    still_held: list[Holder]
+
+
+@dataclass(frozen=True)
 class ProbeStats:
     """Counters of the BPF side, summed over CPUs since attach."""
 
@@ -200,3 +239,4 @@ class ProbeStats:
     events: int = 0
     events_lost: int = 0
     drops_stale: int = 0
+    latency_full: int = 0
