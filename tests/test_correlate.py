@@ -11,7 +11,16 @@ import socket
 
 from tracer.bpf_abi import const
 from tracer.correlate import LeakTracker, Observation, estimated_fin_ns
-from tracer.model import NS_PER_S, Creator, DiagSock, Holder, KernelSock, LeftCloseWait, SockTuple
+from tracer.model import (
+    NS_PER_S,
+    Creator,
+    DiagSock,
+    FdDrop,
+    Holder,
+    KernelSock,
+    LeftCloseWait,
+    SockTuple,
+)
 
 S = NS_PER_S
 NS1, NS2 = 4026531833, 4026532177
@@ -31,7 +40,14 @@ def ksock(sk: int, fin_ns: int, t: SockTuple, tgid: int = 0) -> KernelSock:
 
 
 def obs(
-    now: int, kernel=(), diags=(), holders=None, events=(), exited=(), netns=(NS1, NS2)
+    now: int,
+    kernel=(),
+    diags=(),
+    holders=None,
+    events=(),
+    exited=(),
+    netns=(NS1, NS2),
+    targets=None,
 ) -> Observation:
     return Observation(
         now_ns=now,
@@ -42,6 +58,7 @@ def obs(
         events=list(events),
         queried_netns=set(netns),
         exited=set(exited),
+        targets=None if targets is None else frozenset(targets),
     )
 
 
@@ -115,7 +132,7 @@ def test_event_closed_by_the_holder_names_pid_fd_and_syscall() -> None:
     tr = tracked()
     k = ksock(0xA, 10 * S, T1)
     tr.update(obs(20 * S, [k], [diag(T1, 1)], {1: [Holder(100, 7), Holder(100, 9)]}), nobody)
-    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "close", fd=9)], nobody)
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "close", fd=9)], nobody).ended
     assert (e.reason, e.by_pid, e.by_fd, e.drop, e.exact) == ("closed", 100, 9, "close", True)
     assert e.latency_s == 15 and tr.leaks == {}
 
@@ -123,7 +140,9 @@ def test_event_closed_by_the_holder_names_pid_fd_and_syscall() -> None:
 def test_event_from_an_unrelated_task_does_not_name_it() -> None:
     tr = tracked()
     tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
-    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 4242, None, newstate="CW_TCP_CLOSE")], nobody)
+    (e,) = tr.apply_events(
+        [event(0xA, T1, 25 * S, 4242, None, newstate="CW_TCP_CLOSE")], nobody
+    ).ended
     assert e.reason == "closed" and e.by_pid is None and e.by_fd is None
 
 
@@ -133,15 +152,15 @@ def test_event_while_the_fd_is_still_open_is_a_reset_not_a_close() -> None:
     still = [Holder(100, 7)]
     (e,) = tr.apply_events(
         [event(0xA, T1, 25 * S, 5, None, newstate="CW_TCP_CLOSE")], lambda _lk: still
-    )
+    ).ended
     assert e.reason == "reset" and e.still_held == still
 
 
 def test_exit_event_and_unknown_events() -> None:
     tr = tracked()
     tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
-    assert tr.apply_events([event(0xB, T1, 25 * S, 100, "close")], nobody) == []  # other socket
-    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "exit")], nobody)
+    assert tr.apply_events([event(0xB, T1, 25 * S, 100, "close")], nobody).ended == []  # other
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, "exit")], nobody).ended
     assert e.reason == "exited" and e.by_pid == 100
 
 
@@ -150,7 +169,7 @@ def test_preexisting_leak_is_matched_by_tuple() -> None:
     tr.update(obs(101 * S, [], [diag(T2, 1, last_ack_ms=9000)], {1: [Holder(100, 3)]}), nobody)
     (e,) = tr.apply_events(
         [event(0, T2, 102 * S, 100, "close_range", fd=3, preexisting=True)], nobody
-    )
+    ).ended
     assert e.drop == "close_range" and e.by_fd == 3 and e.latency_s == 10
 
 
@@ -208,3 +227,35 @@ def test_unheld_sockets_are_counted_once_a_second_old_and_only_with_a_full_scan(
     assert tracked(min_age=0).update(o, nobody).unheld == 0  # scan did not cover every process
     o.holders_complete = True
     assert tracked(min_age=0).update(o, nobody).unheld == 1
+
+
+def fd_drop(tgid: int, fd: int, drop: str = "close", hi: int | None = None) -> FdDrop:
+    kind = const(f"CW_DROP_{drop.upper()}")
+    return FdDrop(30 * S, tgid, tgid + 1, "worker", kind, fd, fd if hi is None else hi)
+
+
+def test_closing_one_fd_of_a_socket_a_child_still_holds() -> None:
+    tr = tracked()
+    held = {1: [Holder(100, 7), Holder(200, 7)]}
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], held, targets={100}), nobody)
+    ch = tr.apply_events([fd_drop(100, 7)], lambda _lk: [Holder(200, 7)])
+    (r,) = ch.released_fds
+    assert (r.pid, r.fd, r.via, r.still_held) == (100, 7, "close", [Holder(200, 7)])
+    (e,) = ch.ended  # pid 100 was the only target holding it
+    assert (e.reason, e.by_pid, e.by_fd, e.drop, e.exact) == ("released", 100, 7, "close", True)
+
+
+def test_dropping_a_dup_keeps_the_leak_with_fewer_fds() -> None:
+    tr = tracked()
+    held = {1: [Holder(100, 7), Holder(100, 9)]}
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], held), nobody)
+    ch = tr.apply_events([fd_drop(100, 5, "close_range", hi=8)], lambda _lk: [Holder(100, 9)])
+    assert [r.fd for r in ch.released_fds] == [7] and ch.ended == []
+    assert tr.leaks[1].holders == [Holder(100, 9)] and tr.leaks[1].fds == [9]
+
+
+def test_fd_drop_that_releases_the_socket_is_left_to_its_exit_event() -> None:
+    tr = tracked()
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    ch = tr.apply_events([fd_drop(100, 7), event(0xA, T1, 31 * S, 100, "close", fd=7)], nobody)
+    assert ch.released_fds == [] and [e.reason for e in ch.ended] == ["closed"]

@@ -21,6 +21,8 @@ from tracer.bpf_abi import const
 from tracer.model import (
     NS_PER_S,
     DiagSock,
+    FdDrop,
+    FdReleased,
     Holder,
     KernelSock,
     Leak,
@@ -40,6 +42,7 @@ DROP_NAMES = {
     const("CW_DROP_CLOSE"): "close",
     const("CW_DROP_CLOSE_RANGE"): "close_range",
     const("CW_DROP_EXIT"): "exit",
+    const("CW_DROP_DUP2"): "dup2",
 }
 
 
@@ -52,7 +55,7 @@ class Observation:
     diag: list[DiagSock]
     holders: dict[int, list[Holder]]  # inode -> target fds holding it
     comms: dict[int, str]  # pid -> comm, for targets
-    events: list[LeftCloseWait] = field(default_factory=list)
+    events: list[LeftCloseWait | FdDrop] = field(default_factory=list)
     queried_netns: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # targets that exited
     targets: frozenset[int] | None = None  # None: every process is a target
@@ -75,6 +78,7 @@ class Changes:
 
     new: list[Leak] = field(default_factory=list)
     ended: list[LeakEnded] = field(default_factory=list)
+    released_fds: list[FdReleased] = field(default_factory=list)
     watch: list[Leak] = field(default_factory=list)  # ask the kernel for events
     unwatch: list[Leak] = field(default_factory=list)  # ended without an event
     unheld: int = 0  # old enough, but no process holds it (counted if holders_complete)
@@ -136,6 +140,8 @@ class LeakTracker:
         self.leaks: dict[int, Leak] = {}
         self._by_sk: dict[int, int] = {}
         self._by_tuple: dict[SockTuple, int] = {}
+        self.targets: frozenset[int] | None = None  # from the last observation
+        self.holders_changed = True  # some leak's holders changed since last cleared
 
     # -- queries used before holders are read --------------------------------
 
@@ -156,7 +162,8 @@ class LeakTracker:
     # -- the refresh ---------------------------------------------------------
 
     def update(self, obs: Observation, still_holding: StillHolding) -> Changes:
-        ch = Changes(ended=self.apply_events(obs.events, still_holding))
+        self.targets = obs.targets
+        ch = self.apply_events(obs.events, still_holding)
         now = obs.now_ns
 
         index = KernelIndex(obs.kernel)
@@ -167,7 +174,9 @@ class LeakTracker:
             leak = self.leaks.get(d.inode)
             if leak is not None:
                 if mine:
-                    leak.holders = mine + others
+                    if leak.holders != mine + others:
+                        leak.holders = mine + others
+                        self.holders_changed = True
                     leak.recv_q = d.recv_q
                     _remember_processes(leak, obs)
                 else:
@@ -229,16 +238,59 @@ class LeakTracker:
         return ch
 
     def apply_events(
-        self, events: Iterable[LeftCloseWait], still_holding: StillHolding
-    ) -> list[LeakEnded]:
-        """End the leaks that kernel events report as out of CLOSE_WAIT."""
-        ended = []
+        self, events: Iterable[LeftCloseWait | FdDrop], still_holding: StillHolding
+    ) -> Changes:
+        """Apply kernel events in order: sockets out of CLOSE_WAIT end their
+        leaks; watched fds dropped while the socket survives are reported."""
+        ch = Changes()
         for ev in events:
+            if isinstance(ev, FdDrop):
+                self._fd_dropped(ev, still_holding, ch)
+                continue
             leak = self._find(ev)
             if leak is not None:
                 self._drop(leak)
-                ended.append(end_from_event(leak, ev, still_holding(leak)))
-        return ended
+                ch.ended.append(end_from_event(leak, ev, still_holding(leak)))
+        return ch
+
+    def _fd_dropped(self, ev: FdDrop, still_holding: StillHolding, ch: Changes) -> None:
+        """A target dropped an fd of a leaked socket (close, close_range, dup2).
+
+        If nothing holds the socket any more, its CLOSE_WAIT exit follows and
+        explains everything: nothing to say here. If other fds still hold it
+        (a dup, a forked child), the socket stays in CLOSE_WAIT: say so, since
+        no state change will. The leak ends if no target is among them.
+        """
+        via = DROP_NAMES.get(ev.drop_kind, "close")
+        for leak in list(self.leaks.values()):
+            dropped = [h for h in leak.holders if h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi]
+            if not dropped:
+                continue
+            still = still_holding(leak)
+            gone = [h for h in dropped if h not in still]
+            if not still or not gone:
+                continue  # socket released (an exit event follows), or the drop failed
+            ch.released_fds.append(
+                FdReleased(leak, ev.ts_ns, ev.tgid, ev.tid, ev.comm, gone[0].fd, via, still)
+            )
+            leak.holders = still
+            self.holders_changed = True
+            if not any(self.targets is None or h.pid in self.targets for h in still):
+                self._drop(leak)
+                ch.ended.append(
+                    LeakEnded(
+                        leak,
+                        ev.ts_ns,
+                        "released",
+                        exact=True,
+                        by_pid=ev.tgid,
+                        by_tid=ev.tid,
+                        by_comm=ev.comm,
+                        by_fd=gone[0].fd,
+                        drop=via,
+                        still_held=still,
+                    )
+                )
 
     def sorted_leaks(self) -> list[Leak]:
         """Oldest FIN first, then by pid and fd for a stable order."""
@@ -251,6 +303,7 @@ class LeakTracker:
         return self.leaks.get(inode) if inode is not None else None
 
     def _add(self, leak: Leak) -> None:
+        self.holders_changed = True
         self.leaks[leak.inode] = leak
         if leak.sk is not None:
             self._by_sk[leak.sk] = leak.inode
@@ -258,6 +311,7 @@ class LeakTracker:
             self._by_tuple[leak.tuple] = leak.inode
 
     def _drop(self, leak: Leak) -> None:
+        self.holders_changed = True
         self.leaks.pop(leak.inode, None)
         if leak.sk is not None:
             self._by_sk.pop(leak.sk, None)
