@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,6 +143,38 @@ def connected_pair(server: Peer, client: Peer, v6: bool = False) -> dict:
         "server_fd": a["fd"],
         "addr": addr,
     }
+
+
+class ClosingServer:
+    """A listener in the test process that closes every connection at once:
+    its clients get a FIN right after connecting."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def closing_server() -> Iterator[ClosingServer]:
+    srv = ClosingServer()
+    yield srv
+    srv.close()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> object:

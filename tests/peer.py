@@ -15,9 +15,11 @@ import ctypes
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -27,6 +29,7 @@ def main() -> None:
     socks: dict[int, socket.socket] = {}
     children: list[int] = []
     in_flight: list[socket.socket] = []
+    kept: list[socket.socket] = []
     # Tests hold thousands of sockets: take the whole hard limit.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -87,6 +90,33 @@ def main() -> None:
                 socket.send_fds(a, [b"x"], [cmd["fd"]])
                 socks.pop(cmd["fd"]).close()
                 in_flight.extend((a, b))
+                reply()
+            elif op == "dup2_devnull":
+                # dup2() /dev/null onto the fd: closes the socket's fd in passing.
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, cmd["fd"])
+                os.close(null)
+                socks.pop(cmd["fd"]).detach()
+                reply()
+            elif op == "cycle_after_fin":
+                # n times: connect, wait for the peer's FIN, wait delay_ms, close.
+                # Timed here, in one process, so the FIN-to-close delay is exact.
+                for _ in range(int(cmd["n"])):
+                    s = socket.create_connection((cmd["addr"], cmd["port"]))
+                    select.select([s], [], [])
+                    time.sleep(cmd["delay_ms"] / 1000)
+                    s.close()
+                reply()
+            elif op == "leak_steadily":
+                # In the background: connect every interval_s and keep the socket.
+                def leak(addr: str, port: int, n: int, every: float) -> None:
+                    t0 = time.monotonic()
+                    for i in range(n):
+                        kept.append(socket.create_connection((addr, port)))
+                        time.sleep(max(0, t0 + (i + 1) * every - time.monotonic()))
+
+                args = (cmd["addr"], cmd["port"], int(cmd["n"]), float(cmd["interval_s"]))
+                threading.Thread(target=leak, args=args, daemon=True).start()
                 reply()
             elif op == "dup":
                 new = os.dup(cmd["fd"])

@@ -111,7 +111,9 @@ def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peer
     final = summaries[-1]
     assert final["final"] is True and [s["final"] for s in summaries].count(True) == 1
     assert final["leaks"] == 1 and final["leaks_by_pid"] == {str(client.pid): 1}
-    assert final["targets"] == [{"pid": client.pid, "comm": leak_new["comm"], "leaks": 1}]
+    (target,) = final["targets"]
+    assert (target["pid"], target["comm"], target["leaks"]) == (client.pid, leak_new["comm"], 1)
+    assert target["fd_limit"] == procfs.fd_limit(client.pid) and target["open_fds"] >= 2
     assert final["events_lost"] == 0 and final["map_full"] == 0
     assert 6.5 < final["elapsed_s"] < 9
     assert bpf_programs() <= programs_before, "BPF programs left attached after exit"
@@ -185,6 +187,22 @@ def test_demo(bpf_ok, mode: str) -> None:
         # The demo's finalizer thread closes the oldest leak every 6 s.
         assert ended and ended[0]["by_comm"] == "finalizer" and ended[0]["via"] == "close"
         assert ended[0]["latency_s"] > 2 and sum(s["ended"] for s in summaries) == len(ended)
+        # The whole story: grouped by peer, rate and forecast, latency profile.
+        (group,) = [o for o in objs if o["type"] == "group"][-1:]
+        assert group["side"] == "remote" and group["leaks"] == counts[-1]
+        assert group["opened_by"] == "pool-1-thread-*" and group["leaks_per_min"] > 30
+        (target,) = summaries[-1]["targets"]
+        assert target["fd_limit"] == 256 and target["open_fds"] > counts[-1]
+        assert 60 < target["leak_rate_per_min"] < 180 and target["rate_reliable"] is False
+        assert 0 < target["fd_exhaustion_eta_s"] < 600
+        latency = [o for o in objs if o["type"] == "latency"]
+        assert sum(o["closes"] for o in latency) == len(ended)
+        assert all(b["lo_us"] >= 2_000_000 for o in latency for b in o["buckets"])
     else:
         assert leaks == [] and ended == [] and all(s["leaks"] == 0 for s in summaries)
+        assert summaries[-1]["targets"][0]["fd_exhaustion_eta_s"] is None  # not growing
+        # Healthy closes: the pool evicts a connection the server closed within a second.
+        latency = [o for o in objs if o["type"] == "latency"]
+        assert sum(o["closes"] for o in latency) >= 5
+        assert all(b["hi_us"] <= 2_097_152 for o in latency for b in o["buckets"])
     assert "demo:" in res.stderr

@@ -87,7 +87,19 @@ def test_json_leak_and_summary() -> None:
         "accepted": False,
     }
     assert summ["type"] == "summary" and summ["leaks"] == 1 and summ["fins_seen"] == 9
-    assert summ["targets"] == [{"pid": 100, "comm": "java", "leaks": 1}]
+    assert summ["targets"] == [
+        {
+            "pid": 100,
+            "comm": "java",
+            "leaks": 1,
+            "open_fds": None,
+            "fd_limit": None,
+            "leak_rate_per_min": None,
+            "rate_window_s": None,
+            "rate_reliable": None,
+            "fd_exhaustion_eta_s": None,
+        }
+    ]
 
 
 def test_ended_lines() -> None:
@@ -157,3 +169,46 @@ def test_triage_rows() -> None:
         2048,
     )
     assert TableRenderer().processes([], 0.0)[0].endswith("no process holds a socket in CLOSE_WAIT")
+
+
+def test_trend_group_and_latency_rendering() -> None:
+    from tracer.model import LatencyBucket
+    from tracer.render import ProcessTrend, latency_lines
+    from tracer.trends import Group, Rate
+
+    trend = ProcessTrend(100, "java", 7, 230, 1024, Rate(60.0, 20.0, 11), 794.0)
+    group = Group("remote", "[::1]:8080", 7, 252.0, 2.0, 30.0, "pool-1-thread-*")
+    lat = [LatencyBucket(100, "remote", 8080, 15, 50), LatencyBucket(100, "remote", 8080, 13, 5)]
+    s = summary(processes=[trend], groups=[group], latency=lat, final=True)
+    text = "\n".join(TableRenderer().report([leak()], s))
+    assert (
+        "pid 100 (java): 7 leaking, 230/1024 fds open, +60.0 leaks/min over 20.0s "
+        "(too short a window to trust), fd limit in ~13m14s" in text
+    )
+    assert "[::1]:8080 (peer): 7 leaks, oldest 4m12s, newest 2.0s, 30.0/min since attach" in text
+    assert "opened by pool-1-thread-*" in text
+    hist = latency_lines(lat, {100: "java"}, [leak()])
+    assert "55 closed after the peer's FIN, 1 never closed" in hist[1]
+    rows = hist[3:6]
+    assert [r.split(":")[0].split() for r in rows] == [
+        ["4096", "->", "8191"],
+        ["8192", "->", "16383"],
+        ["16384", "->", "32767"],
+    ]
+    assert [int(r.split(":")[1].split("|")[0]) for r in rows] == [5, 0, 50]
+    assert rows[2].count("*") == 40 and rows[0].count("*") == 4
+    objs = [json.loads(line) for line in JsonRenderer().report([leak()], s)]
+    g = next(o for o in objs if o["type"] == "group")
+    assert (g["endpoint"], g["leaks"], g["leaks_per_min"]) == ("[::1]:8080", 7, 30.0)
+    lat_obj = next(o for o in objs if o["type"] == "latency")
+    assert lat_obj["closes"] == 55 and lat_obj["buckets"][-1] == {
+        "lo_us": 16384,
+        "hi_us": 32768,
+        "count": 50,
+    }
+    t = objs[-1]["targets"][0]
+    assert (t["leak_rate_per_min"], t["fd_exhaustion_eta_s"], t["rate_reliable"]) == (
+        60.0,
+        794.0,
+        False,
+    )

@@ -205,7 +205,7 @@ def doctor() -> None:
 def demo(healthy: bool, duration: float, json_lines: bool) -> None:
     """Start a leaky HTTP client and server, and watch the client leak.
 
-    The server closes idle keep-alive connections after 1 s; the client takes
+    The server closes idle keep-alive connections after 0.5 s; the client takes
     a connection from its pool for each request and, in the leaky mode, never
     reads the response nor returns the connection, like an HTTP client whose
     responses are not consumed. With --healthy it releases them.

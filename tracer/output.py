@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from tracer.model import Leak, LeakEnded
+from tracer.model import FdReleased, Leak, LeakEnded
 from tracer.render import JsonRenderer, ProcessRank, Summary, TableRenderer
 
 
@@ -32,6 +32,9 @@ class Output:
 
     def ended(self, e: LeakEnded) -> None:
         self._write([self.renderer.ended(e, time.time())])
+
+    def fd_released(self, r: FdReleased) -> None:
+        self._write([self.renderer.fd_released(r, time.time())])
 
     def notice(self, message: str) -> None:
         self._write([self.renderer.notice(message, time.time())])

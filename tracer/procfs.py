@@ -207,6 +207,16 @@ def open_fd_count(pid: int) -> int | None:
         return None
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The local port range for outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        with open(f"{PROC}/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # the kernel's default
+
+
 def fd_limit(pid: int) -> int | None:
     """Soft RLIMIT_NOFILE of the process, or None if unknown/unlimited."""
     try:

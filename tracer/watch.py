@@ -26,9 +26,10 @@ from tracer.gather import dump_close_wait, holder_scope, process_facts
 from tracer.kernel_probe import KernelProbe
 from tracer.model import NS_PER_S, Holder, Leak
 from tracer.output import Output
-from tracer.render import Summary
+from tracer.render import ProcessTrend, Summary
 from tracer.sockdiag import DiagPool
 from tracer.targets import Targets
+from tracer.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
 
 # Holders of known leaks are re-verified every refresh with one readlink
 # each; a full scan of the targets' fds happens when there are new candidate
@@ -65,6 +66,9 @@ class Watcher:
         self.unheld = 0  # sockets in CLOSE_WAIT no process holds (with --all)
         self._reported: set[str] = set()  # problems already shown once
         self.notices: list[str] = []
+        self._fd_watched: dict[tuple[int, int], int] = {}  # (pid, fd) -> inode, in the kernel
+        self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
+        self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         if not targets.all_processes:
             probe.set_targets(set(targets.live))
 
@@ -130,20 +134,37 @@ class Watcher:
         changes = self.tracker.update(obs, _still_holding)
         self.unheld = changes.unheld
         self._sync_kernel(changes)
+        self._sample_counts(now, poll.exited_now)
         return changes
+
+    def _sample_counts(self, now_ns: int, exited: dict[int, str]) -> None:
+        """One (time, open leaks) point per process, for its growth rate."""
+        counts: dict[int, int] = dict.fromkeys(self.targets.live, 0)
+        counts.update(dict.fromkeys(self.history, 0))
+        for leak in self.tracker.leaks.values():
+            counts[leak.pid] = counts.get(leak.pid, 0) + 1
+        for pid, n in counts.items():
+            if pid in exited:
+                self.history.pop(pid, None)
+            else:
+                self.history.setdefault(pid, CountHistory()).add(now_ns / NS_PER_S, n)
 
     def drain_events(self, timeout_ms: int) -> Changes:
         """Wait up to timeout_ms for kernel events and end the leaks they concern."""
         events = self.probe.poll(timeout_ms)
         if not events:
             return Changes()
-        changes = Changes(ended=self.tracker.apply_events(events, _still_holding))
+        changes = self.tracker.apply_events(events, _still_holding)
         self._sync_kernel(changes)
         return changes
 
     def _sync_kernel(self, changes: Changes) -> None:
+        """Tell the kernel what to report: watched sockets, and the fds of
+        targets that hold them (so that a close() the socket survives is seen)."""
         self._since_report.new += changes.new
         self._since_report.ended += changes.ended
+        self.starts.add(changes.new)
+        self._sync_fds()
         for leak in changes.watch:
             if leak.sk is not None:
                 if not self.probe.watch(leak.sk, leak.fin_ns):
@@ -155,6 +176,43 @@ class Watcher:
                 self.probe.unwatch(leak.sk)
             else:
                 self.probe.unwatch_preexisting(leak.tuple)
+
+    def _sync_fds(self) -> None:
+        if not self.tracker.holders_changed:
+            return
+        self.tracker.holders_changed = False
+        targets = self.tracker.targets
+        want = {
+            (h.pid, h.fd): leak.inode
+            for leak in self.tracker.leaks.values()
+            for h in leak.holders
+            if targets is None or h.pid in targets
+        }
+        for key in self._fd_watched.keys() - want.keys():
+            self.probe.unwatch_fd(*key)
+            del self._fd_watched[key]
+        for key in want.keys() - self._fd_watched.keys():
+            if self.probe.watch_fd(key[0], key[1], want[key]):
+                self._fd_watched[key] = want[key]
+
+    def process_trends(self) -> list[ProcessTrend]:
+        """Per watched process: open fds, fd limit, leak rate, time to the limit."""
+        out = []
+        for pid, hist in sorted(self.history.items()):
+            rate = hist.rate()
+            open_fds, fd_limit = procfs.open_fd_count(pid), procfs.fd_limit(pid)
+            out.append(
+                ProcessTrend(
+                    pid=pid,
+                    comm=self.targets.comms.get(pid) or _comm_or(pid, "?"),
+                    leaks=sum(1 for lk in self.tracker.leaks.values() if lk.pid == pid),
+                    open_fds=open_fds,
+                    fd_limit=fd_limit,
+                    rate=rate,
+                    eta_s=fd_exhaustion_eta_s(open_fds, fd_limit, rate),
+                )
+            )
+        return out
 
     def summary(self, wall: float, final: bool = False) -> Summary:
         """Totals for a report; counts what changed since the previous one."""
@@ -172,6 +230,9 @@ class Watcher:
             final=final,
             exited=dict(self.targets.exited),
             unheld=self.unheld if self.targets.all_processes else None,
+            processes=self.process_trends(),
+            groups=self.starts.groups(self.leaks(), now),
+            latency=self.probe.read_latency() if final else [],
         )
 
     def leaks(self) -> list[Leak]:
@@ -180,6 +241,13 @@ class Watcher:
     def finished(self) -> bool:
         """True when every given pid has exited (never with --all)."""
         return not self.targets.all_processes and not self.targets.live
+
+
+def _comm_or(pid: int, default: str) -> str:
+    try:
+        return procfs.comm(pid)
+    except procfs.ProcessGone:
+        return default
 
 
 def _still_holding(leak: Leak) -> list[Holder]:
@@ -218,6 +286,8 @@ def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) ->
         for message in watcher.notices:
             out.notice(message)
         watcher.notices.clear()
+        for r in changes.released_fds:
+            out.fd_released(r)
         for e in changes.ended:
             out.ended(e)
 
