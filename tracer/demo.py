@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from tracer import preflight
+from tracer.demo_workload import IDLE_TIMEOUT_S
 from tracer.errors import CloseWaitError
 from tracer.exitcodes import ExitStatus
 from tracer.output import Output
@@ -58,7 +59,7 @@ def run_demo(healthy: bool, duration_s: float, json_lines: bool) -> None:
     stop.install()
     procs: list[subprocess.Popen] = []
     # Attach first, so that the kernel sees every connection being opened.
-    config = ProbeConfig(max_sockets=4096, max_conns=4096, filter_pids=True)
+    config = ProbeConfig(filter_pids=True)
     with KernelProbe(config) as probe:
         try:
             server, port = _spawn("server")
@@ -67,8 +68,8 @@ def run_demo(healthy: bool, duration_s: float, json_lines: bool) -> None:
             procs.append(client)
             status_line(
                 f"demo: HTTP server pid {server.pid} on 127.0.0.1:{port} closes idle "
-                f"keep-alive connections after 1s; {mode} client pid {client.pid} sends "
-                "2 requests/s and "
+                f"keep-alive connections after {IDLE_TIMEOUT_S:g}s; {mode} client "
+                f"pid {client.pid} sends 2 requests/s and "
                 + ("releases every response" if healthy else "never consumes nor releases one")
             )
             watcher = Watcher(probe, Targets((client.pid,)), DEMO_MIN_AGE_S)

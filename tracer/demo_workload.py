@@ -5,7 +5,7 @@ Run as separate processes by tracer.demo (and by the tests):
     python -m tracer.demo_workload server            # prints its port, serves
     python -m tracer.demo_workload client PORT leaky|healthy [--rate R]
 
-The server closes a keep-alive connection after 1 s idle, as most servers
+The server closes a keep-alive connection after 0.5 s idle, as servers
 do. The client takes a connection from its pool for every request. In the
 leaky mode it reads the status line and headers, then keeps the response
 object (as code that never consumes or releases a response does) and never
@@ -22,14 +22,16 @@ from __future__ import annotations
 import ctypes
 import http.client
 import http.server
+import resource
 import select
 import socket
 import sys
 import threading
 import time
 
-IDLE_TIMEOUT_S = 1.0
+IDLE_TIMEOUT_S = 0.5
 FINALIZER_EVERY_S = 6.0
+CLIENT_FD_LIMIT = 256
 BODY = b"x" * 2048
 PR_SET_NAME = 15
 
@@ -110,6 +112,10 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
 
 def client(port: int, mode: str, rate: float, threads: int = 2) -> None:
     set_thread_name(f"{mode}-client")
+    # A small fd limit, like many services run with, so that the forecast
+    # ("fd limit in ~Nm") has something near to aim at.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(CLIENT_FD_LIMIT, hard), hard))
     pool = Pool(port)
     forgotten: list[http.client.HTTPResponse] = []  # responses nobody consumes
 
