@@ -124,7 +124,8 @@ BPF_HASH(watched, u64, u64, CW_MAX_SOCKS);
  * not in `closewait`. */
 BPF_HASH(preexist, struct cw_tuple, u8, CW_MAX_PREEXIST);
 
-/* Thread-group ids whose fd drops are recorded (with CW_FILTER_PIDS). */
+/* With CW_FILTER_PIDS: tgid -> CW_TARGET (fd drops are recorded) or
+ * CW_ANCESTOR (connections it opens are tracked, as a child may inherit them). */
 BPF_HASH(targets, u32, u8, CW_MAX_TARGETS);
 
 /* (tgid, fd) pairs that hold a leaked socket, marked by user space: a
@@ -224,6 +225,18 @@ static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
         remove_creator(sk);
     }
     stat_add(CW_STAT_FIN);
+#ifdef CW_FILTER_PIDS
+    /* Watching given pids: a connection opened by a process that is neither
+     * one of them nor an ancestor (which may pass it down, e.g. a supervisor
+     * handing connections to workers) is not theirs. Skipping it keeps the
+     * map for the targets on a host where another service leaks by the
+     * hundred thousand. Accepted sockets and connections opened before
+     * attach have no known opener: kept. */
+    if (s.c.how == CW_OPENED_CONNECT && targets.lookup(&s.c.tgid) == 0) {
+        stat_add(CW_STAT_FIN_FOREIGN);
+        return;
+    }
+#endif
     if (closewait.insert(&sk, &s) != 0)
         stat_add(CW_STAT_CW_FULL);
 }
@@ -242,10 +255,21 @@ static __always_inline int emit(void *ctx, struct cw_event *e)
     return 0;
 }
 
+/* Who and when: the current task, as the event's author. */
+static __always_inline void event_task(struct cw_event *e, u32 kind, u64 ts, u64 pid_tgid)
+{
+    e->kind = kind;
+    e->ts = ts;
+    e->tgid = pid_tgid >> 32;
+    e->tid = (u32)pid_tgid;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
 static __always_inline int is_target(u32 tgid)
 {
 #ifdef CW_FILTER_PIDS
-    return targets.lookup(&tgid) != 0;
+    u8 *kind = targets.lookup(&tgid);
+    return kind && *kind == CW_TARGET;
 #else
     return 1;
 #endif
@@ -335,14 +359,10 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
         e.source = CW_SRC_PREEXIST;
     }
 
-    e.kind = CW_EV_LEFT_CLOSE_WAIT;
-    e.ts = now;
+    event_task(&e, CW_EV_LEFT_CLOSE_WAIT, now, id);
     e.skaddr = sk;
-    e.tgid = tgid;
-    e.tid = tid;
     e.oldstate = oldstate;
     e.newstate = newstate;
-    bpf_get_current_comm(&e.comm, sizeof(e.comm));
     if (dropped) {
         e.drop_kind = drop.kind;
         e.fd_lo = drop.fd_lo;
@@ -404,14 +424,10 @@ static __always_inline void record_fd_drop(void *ctx, u32 kind, u32 fd_lo, u32 f
         return;
     }
     struct cw_event e = {};
-    e.kind = CW_EV_FD_DROP;
-    e.ts = d.ts;
-    e.tgid = tgid;
-    e.tid = tid;
+    event_task(&e, CW_EV_FD_DROP, d.ts, id);
     e.drop_kind = kind;
     e.fd_lo = fd_lo;
     e.fd_hi = fd_hi;
-    bpf_get_current_comm(&e.comm, sizeof(e.comm));
     emit(ctx, &e);
 }
 

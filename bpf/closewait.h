@@ -56,7 +56,12 @@
 #define CW_STAT_EVENTS_LOST 6    /* events the ring buffer had no room for */
 #define CW_STAT_DROPS_STALE 7    /* fd drops too old to explain a close */
 #define CW_STAT_LAT_FULL 8       /* closes the latency map had no room for */
-#define CW_STAT_MAX 9
+#define CW_STAT_FIN_FOREIGN 9    /* FINs of connections unwatched processes opened */
+#define CW_STAT_MAX 10
+
+/* Values of the targets map (with CW_FILTER_PIDS). */
+#define CW_TARGET 1   /* a watched process: its fd drops are recorded */
+#define CW_ANCESTOR 2 /* an ancestor of one: connections it opens may be inherited */
 
 /* A pending fd drop explains a CLOSE_WAIT exit in the same thread only if
  * it is this recent: close() releases the socket before it returns,

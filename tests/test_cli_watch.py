@@ -24,6 +24,7 @@ LEAK_FIELDS = {
 SUMMARY_FIELDS = {
     "type", "ts", "final", "elapsed_s", "leaks", "new", "ended", "targets", "leaks_by_pid",
     "exited", "unheld", "events_lost", "map_full", "creators_evicted", "fins_seen",
+    "fins_other_processes",
 }  # fmt: skip
 
 
@@ -206,3 +207,19 @@ def test_demo(bpf_ok, mode: str) -> None:
         assert sum(o["closes"] for o in latency) >= 5
         assert all(b["hi_us"] <= 2_097_152 for o in latency for b in o["buckets"])
     assert "demo:" in res.stderr
+
+
+def test_pid_mode_leaves_other_processes_connections_out_of_the_kernel_map(
+    bpf_ok, peers, live
+) -> None:
+    server, client, other = peers(), peers(), peers()
+    cli = live("watch", "--pid", str(client.pid), "--json", "--min-age", "0", "-i", "300ms",
+               "--duration", "3s")  # fmt: skip
+    cli.wait_for_attach()
+    mine, theirs = connected_pair(server, client), connected_pair(server, other)
+    server.call(op="close", fds=[mine["server_fd"], theirs["server_fd"]])
+    leak = cli.wait_for_json(lambda o: o["type"] == "leak")
+    assert leak["pid"] == client.pid and leak["age_exact"] is True
+    assert cli.finish() == 0
+    final = [o for o in cli.json_lines() if o["type"] == "summary"][-1]
+    assert final["fins_other_processes"] >= 1 and final["map_full"] == 0

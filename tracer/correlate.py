@@ -348,33 +348,22 @@ def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEn
     if still:
         reason = "reset" if ev.newstate == const("CW_TCP_CLOSE") else "shutdown"
         return LeakEnded(leak, ev.ts_ns, reason, exact=True, still_held=still)
-    holder_pids = {h.pid for h in leak.holders}
-    if ev.tgid not in holder_pids:
+    if ev.tgid not in {h.pid for h in leak.holders}:
         return LeakEnded(leak, ev.ts_ns, "closed", exact=True)
-    by_fd = None
     drop = DROP_NAMES.get(ev.drop_kind)
-    if drop == "exit":
-        return LeakEnded(
-            leak,
-            ev.ts_ns,
-            "exited",
-            exact=True,
-            by_pid=ev.tgid,
-            by_tid=ev.tid,
-            by_comm=ev.comm,
-            drop=drop,
-        )
-    if drop is not None:
-        fds = [h.fd for h in leak.holders if h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi]
-        by_fd = fds[0] if fds else None
+    fds = [
+        h.fd
+        for h in leak.holders
+        if drop not in (None, "exit") and h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi
+    ]
     return LeakEnded(
         leak,
         ev.ts_ns,
-        "closed",
+        "exited" if drop == "exit" else "closed",
         exact=True,
         by_pid=ev.tgid,
         by_tid=ev.tid,
         by_comm=ev.comm,
-        by_fd=by_fd,
+        by_fd=fds[0] if fds else None,
         drop=drop,
     )

@@ -211,14 +211,19 @@ class KernelProbe:
 
     # -- targets -----------------------------------------------------------
 
-    def set_targets(self, pids: set[int]) -> None:
-        """Thread groups whose fd drops are recorded (with filter_pids)."""
+    def set_targets(self, pids: set[int], ancestors: set[int] = frozenset()) -> None:
+        """With filter_pids: the processes whose fd drops are recorded, and
+        their ancestors, whose connections are tracked too (a child may
+        inherit them across fork)."""
         t = self._targets
-        current = {k.value for k in t}
-        for pid in current - pids:
+        want = dict.fromkeys(ancestors - pids, const("CW_ANCESTOR"))
+        want.update(dict.fromkeys(pids, const("CW_TARGET")))
+        current = {k.value: v.value for k, v in t.items()}
+        for pid in current.keys() - want.keys():
             bpf_maps.delete(t, t.Key(pid))
-        for pid in pids - current:
-            bpf_maps.update(t, t.Key(pid), t.Leaf(1))
+        for pid, kind in want.items():
+            if current.get(pid) != kind:
+                bpf_maps.update(t, t.Key(pid), t.Leaf(kind))
 
     # -- reading -----------------------------------------------------------
 
@@ -320,6 +325,7 @@ class KernelProbe:
             events_lost=values["EVENTS_LOST"] + self._perf_lost,
             drops_stale=values["DROPS_STALE"],
             latency_full=values["LAT_FULL"],
+            fins_foreign=values["FIN_FOREIGN"],
         )
 
     # -- events ------------------------------------------------------------
@@ -379,6 +385,7 @@ _STAT_NAMES = (
     "EVENTS_LOST",
     "DROPS_STALE",
     "LAT_FULL",
+    "FIN_FOREIGN",
 )
 
 

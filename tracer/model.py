@@ -240,3 +240,4 @@ class ProbeStats:
     events_lost: int = 0
     drops_stale: int = 0
     latency_full: int = 0
+    fins_foreign: int = 0  # --pid: FINs of connections unwatched processes opened

@@ -188,6 +188,26 @@ def with_descendants(pids: Iterable[int]) -> list[int]:
     return list(seen)
 
 
+def parent(pid: int) -> int | None:
+    """Field 4 of /proc/PID/stat, or None if the process is gone."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
+def ancestors(pid: int) -> list[int]:
+    """Parent, grandparent... up to (not including) pid 1 and pid 0."""
+    out: list[int] = []
+    p = parent(pid)
+    while p and p > 1 and p not in out:
+        out.append(p)
+        p = parent(p)
+    return out
+
+
 def cgroup_path(pid: int) -> str | None:
     """The process's cgroup v2 path (`0::/...` line), or the first v1 path."""
     try:

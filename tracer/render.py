@@ -405,6 +405,7 @@ class JsonRenderer:
                     "map_full": s.stats.cw_full,
                     "creators_evicted": s.stats.conns_evicted,
                     "fins_seen": s.stats.fins,
+                    "fins_other_processes": s.stats.fins_foreign,
                 }
             )
         )

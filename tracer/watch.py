@@ -70,10 +70,14 @@ class Watcher:
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         if not targets.all_processes:
-            probe.set_targets(set(targets.live))
+            self._set_kernel_targets()
 
     def close(self) -> None:
         self.pool.close()
+
+    def _set_kernel_targets(self) -> None:
+        pids = set(self.targets.live)
+        self.probe.set_targets(pids, {a for pid in pids for a in procfs.ancestors(pid)})
 
     def refresh(self) -> Changes:
         """Gather one Observation, update the leaks and the kernel's watch list."""
@@ -81,7 +85,7 @@ class Watcher:
         for pid, comm in poll.exited_now.items():
             self.notices.append(f"pid {pid} ({comm}) exited")
         if poll.exited_now and not self.targets.all_processes:
-            self.probe.set_targets(set(self.targets.live))
+            self._set_kernel_targets()
 
         dump = dump_close_wait(self.pool, poll)
         for problem in dump.problems:
