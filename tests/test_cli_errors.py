@@ -156,3 +156,12 @@ def test_doctor_names_the_fix_when_tracefs_is_missing(bpf_ok: None) -> None:
     )
     assert res.returncode == int(ExitStatus.NO_TRACEPOINT)
     assert "[FAIL] tracefs" in res.stdout and "fix: mount -t tracefs" in res.stdout
+
+
+def test_ebpf_flag_prints_the_program_with_its_flags() -> None:
+    res = run_cli("watch", "--pid", "1", "--ebpf")
+    assert res.returncode == 0
+    first, rest = res.stdout.split("\n", 1)
+    assert first.startswith("// cflags: ") and "-DCW_FILTER_PIDS" in first
+    assert "TRACEPOINT_PROBE(sock, inet_sock_set_state)" in rest
+    assert "-DCW_FILTER_PIDS" not in run_cli("watch", "--all", "--ebpf").stdout.split("\n", 1)[0]

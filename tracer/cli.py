@@ -85,6 +85,9 @@ def probe_options(f):
         help="Event buffer size in pages (a power of two).",
     )(f)
     f = click.option("--perf-buffer", is_flag=True, hidden=True, help="Force the perf buffer.")(f)
+    f = click.option(
+        "--ebpf", is_flag=True, hidden=True, help="Print the BPF program and its flags, then exit."
+    )(f)
     return f
 
 
@@ -119,6 +122,7 @@ def watch(
     max_conns: int,
     buffer_pages: int,
     perf_buffer: bool,
+    ebpf: bool,
 ) -> None:
     """Report, live, the sockets of PID in CLOSE_WAIT that it never closed.
 
@@ -128,6 +132,18 @@ def watch(
     thread that opened the connection. A line is printed when a leak ends.
     Stops on Ctrl-C, SIGTERM, --duration or when every PID has exited.
     """
+    if ebpf:
+        from tracer.kernel_probe import ProbeConfig, program_text
+
+        config = ProbeConfig(
+            max_sockets=max_sockets,
+            max_conns=max_conns,
+            buffer_pages=buffer_pages,
+            filter_pids=not all_processes,
+            ring_buffer=False if perf_buffer else None,
+        )
+        click.echo(program_text(config))
+        return
     if bool(pids) == all_processes:
         raise click.UsageError("give either --pid PID (repeatable) or --all")
     if interval <= 0:

@@ -151,14 +151,7 @@ class KernelProbe:
         if pages < 1 or pages & (pages - 1):
             raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
 
-        root = preflight.tracefs_root()
-
-        def have(event: str) -> bool:
-            return bool(root and (root / "events/syscalls" / event / "format").is_file())
-
-        have_close_range = have("sys_enter_close_range")
-        self.have_close_range = have_close_range
-        cflags = self.config.cflags(have_close_range, have("sys_enter_dup2"))
+        cflags = compile_flags(self.config)
         self.compile_messages: list[str] = []
         try:
             with _captured_stderr() as diag:
@@ -387,6 +380,23 @@ _STAT_NAMES = (
     "LAT_FULL",
     "FIN_FOREIGN",
 )
+
+
+def compile_flags(config: ProbeConfig) -> list[str]:
+    """The cflags for this kernel: which optional syscall tracepoints exist
+    (close_range since 5.9; dup2 is absent on arm64, which has only dup3)."""
+    root = preflight.tracefs_root()
+
+    def have(event: str) -> bool:
+        return bool(root and (root / "events/syscalls" / event / "format").is_file())
+
+    return config.cflags(have("sys_enter_close_range"), have("sys_enter_dup2"))
+
+
+def program_text(config: ProbeConfig) -> str:
+    """The C program and the flags BCC would compile it with (for --ebpf)."""
+    source = (bpf_dir() / "closewait.bpf.c").read_text()
+    return "// cflags: " + " ".join(compile_flags(config)) + "\n" + source
 
 
 def _return_compiler_memory() -> None:
