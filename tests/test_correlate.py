@@ -29,9 +29,11 @@ T2 = SockTuple(socket.AF_INET6, "::1", 40001, "::1", 8080)
 
 
 def diag(
-    t: SockTuple, inode: int, netns: int = NS1, recv_q: int = 0, last_ack_ms: int | None = None
+    t: SockTuple, inode: int, netns: int = NS1, recv_q: int = 0, est_fin_s: float | None = None
 ) -> DiagSock:
-    return DiagSock(netns, t, inode, 1000, recv_q, last_ack_ms)
+    return DiagSock(
+        netns, t, inode, 1000, recv_q, None if est_fin_s is None else int(est_fin_s * S)
+    )
 
 
 def ksock(sk: int, fin_ns: int, t: SockTuple, tgid: int = 0) -> KernelSock:
@@ -104,23 +106,21 @@ def test_a_socket_becomes_a_leak_only_after_min_age_and_only_if_a_target_holds_i
 
 def test_socket_unknown_to_the_kernel_gets_an_estimated_age_from_tcp_info() -> None:
     tr = tracked(attach=100 * S)
-    ch = tr.update(
-        obs(101 * S, [], [diag(T1, 1, last_ack_ms=30_000)], {1: [Holder(100, 3)]}), nobody
-    )
+    ch = tr.update(obs(101 * S, [], [diag(T1, 1, est_fin_s=71)], {1: [Holder(100, 3)]}), nobody)
     (leak,) = ch.new
     assert not leak.age_exact and leak.preexisting
     assert leak.fin_ns == 71 * S and leak.sk is None
 
 
 def test_without_tcp_info_the_estimate_is_zero_age() -> None:
-    assert estimated_fin_ns(diag(T1, 1, last_ack_ms=None), 5 * S) == 5 * S
+    assert estimated_fin_ns(diag(T1, 1, est_fin_s=None), 5 * S) == 5 * S
 
 
 def test_same_tuple_in_two_namespaces_is_matched_by_closest_fin() -> None:
     tr = tracked()
     k1, k2 = ksock(0xA, 10 * S, T1), ksock(0xB, 50 * S, T1)
-    d1 = diag(T1, 1, NS1, last_ack_ms=90_000)  # FIN about 10 s after boot
-    d2 = diag(T1, 2, NS2, last_ack_ms=50_000)  # about 50 s
+    d1 = diag(T1, 1, NS1, est_fin_s=10)  # FIN about 10 s after boot
+    d2 = diag(T1, 2, NS2, est_fin_s=50)  # about 50 s
     ch = tr.update(
         obs(100 * S, [k1, k2], [d1, d2], {1: [Holder(100, 3)], 2: [Holder(200, 4)]}), nobody
     )
@@ -166,7 +166,7 @@ def test_exit_event_and_unknown_events() -> None:
 
 def test_preexisting_leak_is_matched_by_tuple() -> None:
     tr = tracked(attach=100 * S)
-    tr.update(obs(101 * S, [], [diag(T2, 1, last_ack_ms=9000)], {1: [Holder(100, 3)]}), nobody)
+    tr.update(obs(101 * S, [], [diag(T2, 1, est_fin_s=92)], {1: [Holder(100, 3)]}), nobody)
     (e,) = tr.apply_events(
         [event(0, T2, 102 * S, 100, "close_range", fd=3, preexisting=True)], nobody
     ).ended
@@ -222,7 +222,7 @@ def test_holders_and_recv_q_are_refreshed_and_leaks_sorted_oldest_first() -> Non
 
 
 def test_unheld_sockets_are_counted_once_a_second_old_and_only_with_a_full_scan() -> None:
-    young, old = diag(T1, 1, last_ack_ms=500), diag(T2, 2, last_ack_ms=1500)
+    young, old = diag(T1, 1, est_fin_s=99.5), diag(T2, 2, est_fin_s=98.5)
     o = obs(100 * S, [], [young, old], {})
     assert tracked(min_age=0).update(o, nobody).unheld == 0  # scan did not cover every process
     o.holders_complete = True

@@ -212,3 +212,16 @@ def test_trend_group_and_latency_rendering() -> None:
         794.0,
         False,
     )
+
+
+def test_cached_cells_follow_changes_and_never_cross_leaks() -> None:
+    for renderer in (TableRenderer(), JsonRenderer()):
+        lk = leak()
+        first = renderer.report([lk], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
+        lk.update(holders=[Holder(100, 11)])
+        second = renderer.report([lk], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
+        assert first != second and "11" in second
+        again = leak()  # the same inode found again later: a new Leak
+        again.holders = [Holder(100, 12)]
+        third = renderer.report([again], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
+        assert "12" in third and "11" not in third.replace("1100", "")

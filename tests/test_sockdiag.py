@@ -35,6 +35,7 @@ def _close_wait_sockets(n_v4: int = 3, n_v6: int = 2) -> list[socket.socket]:
 
 def test_parser_matches_pyroute2_decoder() -> None:
     keep = _close_wait_sockets()
+    now = time.monotonic_ns()
     mine = {d.inode: d for d in DiagClient(procfs.netns_inode(os.getpid()), None).close_wait()}
     theirs = {}
     with DiagSocket() as ds:
@@ -51,7 +52,7 @@ def test_parser_matches_pyroute2_decoder() -> None:
         assert (d.tuple.remote_ip, d.tuple.remote_port) == (m["idiag_dst"], m["idiag_dport"])
         assert d.uid == m["idiag_uid"] and d.recv_q == m["idiag_rqueue"] - 1
         info = m.get_attr("INET_DIAG_INFO")
-        assert abs(d.last_ack_recv_ms - info["tcpi_last_ack_recv"]) < 50
+        assert abs((now - d.est_fin_ns) / 1e6 - info["tcpi_last_ack_recv"]) < 50
     assert sorted(mine[i].recv_q for i in ours) == [0, 0, 10, 10, 20]
     for s in keep:
         s.close()
@@ -76,3 +77,21 @@ def test_dump_inside_another_network_namespace(netns: str, peers) -> None:
         assert pair["client_port"] not in [d.tuple.local_port for d in own]
     finally:
         pool.close()
+
+
+def test_a_socket_dumped_again_keeps_its_first_fin_estimate() -> None:
+    """Known sockets are not re-parsed; their FIN estimate must stay absolute,
+    or a pre-existing socket's age would never grow past --min-age."""
+    keep = _close_wait_sockets(2, 0)  # the second one has 10 unread bytes
+    client = DiagClient(procfs.netns_inode(os.getpid()), None)
+    inode = os.fstat(keep[1].fileno()).st_ino
+    first = {d.inode: d for d in client.close_wait()}[inode]
+    time.sleep(0.3)
+    second = {d.inode: d for d in client.close_wait()}[inode]
+    assert second.est_fin_ns == first.est_fin_ns is not None
+    keep[1].recv(1)  # reading changes Recv-Q: that one field is refreshed
+    third = {d.inode: d for d in client.close_wait()}[inode]
+    assert third.recv_q == first.recv_q - 1 and third.est_fin_ns == first.est_fin_ns
+    client.close()
+    for s in keep:
+        s.close()

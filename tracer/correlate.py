@@ -111,9 +111,7 @@ def estimated_fin_ns(d: DiagSock, now_ns: int) -> int:
     this is the FIN's age unless the peer sent more (keepalives, window
     probes): then it is an underestimate. Without tcp_info: now.
     """
-    if d.last_ack_recv_ms is None:
-        return now_ns
-    return now_ns - d.last_ack_recv_ms * 1_000_000
+    return now_ns if d.est_fin_ns is None else d.est_fin_ns
 
 
 def fin_time(d: DiagSock, index: KernelIndex, now_ns: int) -> tuple[int, bool, KernelSock | None]:
@@ -174,10 +172,10 @@ class LeakTracker:
             leak = self.leaks.get(d.inode)
             if leak is not None:
                 if mine:
-                    if leak.holders != mine + others:
-                        leak.holders = mine + others
+                    holders = mine + others
+                    if holders != leak.holders:
                         self.holders_changed = True
-                    leak.recv_q = d.recv_q
+                    leak.update(holders=holders, recv_q=d.recv_q)
                     _remember_processes(leak, obs)
                 else:
                     self._drop(leak)
@@ -273,7 +271,7 @@ class LeakTracker:
             ch.released_fds.append(
                 FdReleased(leak, ev.ts_ns, ev.tgid, ev.tid, ev.comm, gone[0].fd, via, still)
             )
-            leak.holders = still
+            leak.update(holders=still)
             self.holders_changed = True
             if not any(self.targets is None or h.pid in self.targets for h in still):
                 self._drop(leak)
@@ -329,11 +327,11 @@ class LeakTracker:
 
 def _remember_processes(leak: Leak, obs: Observation) -> None:
     """Keep the last known name and cgroup of every holder (they may exit later)."""
-    for h in leak.holders:
-        if h.pid in obs.comms:
-            leak.comms[h.pid] = obs.comms[h.pid]
-        if h.pid in obs.cgroups:
-            leak.cgroups[h.pid] = obs.cgroups[h.pid]
+    pids = {h.pid for h in leak.holders}
+    leak.update(
+        comms={p: obs.comms[p] for p in pids if p in obs.comms},
+        cgroups={p: obs.cgroups[p] for p in pids if p in obs.cgroups},
+    )
 
 
 def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEnded:

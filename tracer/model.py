@@ -6,10 +6,13 @@ correlate combines them; render prints them. None of them does I/O.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from dataclasses import dataclass, field
 
 NS_PER_S = 1_000_000_000
+
+_serials = itertools.count(1)
 
 
 @dataclass(frozen=True, order=True)
@@ -91,7 +94,9 @@ class DiagSock:
     inode: int
     uid: int
     recv_q: int  # unread bytes (sock_diag's rqueue counts the FIN as one more)
-    last_ack_recv_ms: int | None  # tcp_info; about the time since the FIN when idle
+    # When the FIN probably arrived (CLOCK_MONOTONIC ns), from tcp_info when the
+    # socket was first dumped; None without tcp_info. See correlate.estimated_fin_ns.
+    est_fin_ns: int | None
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,30 @@ class Leak:
     sk: int | None = None  # kernel address, when the FIN was seen
     creator: Creator | None = None
     cgroups: dict[int, str] = field(default_factory=dict)  # pid -> cgroup path
+    version: int = 0  # bumped on every change above, so renderers can cache
+    # Unique per Leak object (an inode can leak, end and be found again).
+    serial: int = field(default_factory=lambda: next(_serials))
+
+    def update(
+        self,
+        holders: list[Holder] | None = None,
+        recv_q: int | None = None,
+        comms: dict[int, str] | None = None,
+        cgroups: dict[int, str] | None = None,
+    ) -> bool:
+        """Change what may change while a leak lasts; True if anything did."""
+        changed = False
+        if holders is not None and holders != self.holders:
+            self.holders, changed = holders, True
+        if recv_q is not None and recv_q != self.recv_q:
+            self.recv_q, changed = recv_q, True
+        for mine, new in ((self.comms, comms), (self.cgroups, cgroups)):
+            for pid, value in (new or {}).items():
+                if mine.get(pid) != value:
+                    mine[pid], changed = value, True
+        if changed:
+            self.version += 1
+        return changed
 
     @property
     def opener_holds(self) -> bool | None:

@@ -62,6 +62,10 @@ def is_alive(ident: ProcessId) -> bool:
     return fields[0] not in (b"Z", b"X") and int(fields[19]) == ident.start_ticks
 
 
+def exists(pid: int) -> bool:
+    return os.path.exists(f"{PROC}/{pid}")
+
+
 def comm(pid: int) -> str:
     """The process's name (its main thread's comm), raw: escape before printing."""
     try:

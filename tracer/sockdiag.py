@@ -16,9 +16,11 @@ one tcp_info field takes a few microseconds.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
@@ -39,6 +41,10 @@ _NLMSGHDR = struct.Struct("=IHHII")
 # src[16], dst[16], if, cookie[2], expires, rqueue, wqueue, uid, inode.
 _DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
 _NLATTR = struct.Struct("=HH")
+# From offset 44: cookie (unique per socket, never reused), expires, rqueue,
+# wqueue, uid, inode. Enough to recognise a socket seen before.
+_DIAG_KNOWN = struct.Struct("=Q4xI8xI")
+_DIAG_KNOWN_OFFSET = 44
 # Offset of tcpi_last_ack_recv in struct tcp_info, computed from pyroute2's
 # field list so the two cannot disagree.
 _TCPI_FIELDS = inet_diag_msg.tcp_info.fields
@@ -126,14 +132,22 @@ class DiagClient:
         self._sock = open_in_netns(ns_path)
         self._seq = 0
         self._buf = bytearray(1 << 20)
+        # Sockets of the previous dump, by cookie: a leaked socket is dumped
+        # again at every refresh, and only its Recv-Q may have changed.
+        self._known: dict[int, DiagSock] = {}
+        self._seen: dict[int, DiagSock] = {}
+        self._now_ns = 0
 
     def close(self) -> None:
         self._sock.close()
 
     def close_wait(self) -> list[DiagSock]:
+        self._seen = {}
+        self._now_ns = time.monotonic_ns()
         out: list[DiagSock] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             out.extend(self._dump(family, 1 << TCP_CLOSE_WAIT))
+        self._known = self._seen
         return out
 
     def _dump(self, family: int, states: int) -> Iterator[DiagSock]:
@@ -156,8 +170,18 @@ class DiagClient:
                             return
                         raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
                     if mtype == SOCK_DIAG_BY_FAMILY:
-                        yield self._parse(view, off + _NLMSGHDR.size, off + length)
+                        yield self._parse_or_reuse(view, off + _NLMSGHDR.size, off + length)
                 off += (length + 3) & ~3
+
+    def _parse_or_reuse(self, view: memoryview, start: int, end: int) -> DiagSock:
+        cookie, rqueue, inode = _DIAG_KNOWN.unpack_from(view, start + _DIAG_KNOWN_OFFSET)
+        known = self._known.get(cookie)
+        if known is None or known.inode != inode:
+            known = self._parse(view, start, end)
+        elif known.recv_q != max(0, rqueue - 1):
+            known = dataclasses.replace(known, recv_q=max(0, rqueue - 1))
+        self._seen[cookie] = known
+        return known
 
     def _parse(self, view: memoryview, start: int, end: int) -> DiagSock:
         (
@@ -198,7 +222,8 @@ class DiagClient:
         )
         # rqueue is rcv_nxt - copied_seq; the FIN occupies one sequence
         # number, so a socket that received only the FIN shows 1.
-        return DiagSock(self.netns, t, inode, uid, max(0, rqueue - 1), last_ack)
+        est_fin = None if last_ack is None else self._now_ns - last_ack * 1_000_000
+        return DiagSock(self.netns, t, inode, uid, max(0, rqueue - 1), est_fin)
 
 
 class DiagPool:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 from tracer import procfs
 from tracer.correlate import Changes, KernelIndex, LeakTracker, Observation
+from tracer.fdindex import FdIndex
 from tracer.gather import dump_close_wait, holder_scope, process_facts
 from tracer.kernel_probe import KernelProbe
-from tracer.model import NS_PER_S, Holder, Leak
+from tracer.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait
 from tracer.output import Output
 from tracer.render import ProcessTrend, Summary
 from tracer.sockdiag import DiagPool
@@ -67,6 +68,8 @@ class Watcher:
         self._reported: set[str] = set()  # problems already shown once
         self.notices: list[str] = []
         self._fd_watched: dict[tuple[int, int], int] = {}  # (pid, fd) -> inode, in the kernel
+        self.fds = FdIndex()
+        self._events_lost = 0
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         if not targets.all_processes:
@@ -81,6 +84,9 @@ class Watcher:
 
     def refresh(self) -> Changes:
         """Gather one Observation, update the leaks and the kernel's watch list."""
+        # Events queued since the last drain first: an fd dropped by then must
+        # not be trusted by the fd scan below.
+        early = self.drain_events(0)
         poll = self.targets.poll()
         for pid, comm in poll.exited_now.items():
             self.notices.append(f"pid {pid} ({comm}) exited")
@@ -104,22 +110,25 @@ class Watcher:
             if d.inode not in self._foreign
         ]
         targets = None if self.targets.all_processes else frozenset(poll.pids)
+        lost = self.probe.stats().events_lost
+        if lost != self._events_lost:
+            # Missed events may hide fd drops: trust no fd until rescanned.
+            self._events_lost = lost
+            self.fds.forget_all()
+            self._last_full_scan = 0
         if candidates or now - self._last_full_scan > FULL_SCAN_EVERY_S * NS_PER_S:
-            holders = procfs.holders_of(holder_scope(self.targets, poll))
+            self.fds.scan(holder_scope(self.targets, poll), self._trusted_fds())
             self._last_full_scan = now
+            holders = self.fds.holders(in_cw)
             self._foreign = {
                 d.inode
                 for d in candidates
                 if not any(targets is None or h.pid in targets for h in holders.get(d.inode, []))
             }
         else:
-            # Nothing new to attribute: re-read only the known holders' fds.
-            holders = {}
-            for leak in self.tracker.leaks.values():
-                still = _still_holding(leak)
-                if still:
-                    holders[leak.inode] = still
-        holders = {inode: hs for inode, hs in holders.items() if inode in in_cw}
+            # Nothing new to attribute: the last scan, as kept up to date by
+            # fd-drop events, minus processes that are gone.
+            holders = self.fds.holders(in_cw, set(poll.pids) | self._descendants_seen())
         comms, cgroups = process_facts(h.pid for hs in holders.values() for h in hs)
 
         obs = Observation(
@@ -128,7 +137,7 @@ class Watcher:
             diag=dump.diag,
             holders=holders,
             comms=comms,
-            events=self.probe.poll(0),
+            events=self._poll_events(0),
             queried_netns=dump.queried,
             exited=set(self.targets.exited),
             targets=targets,
@@ -139,7 +148,28 @@ class Watcher:
         self.unheld = changes.unheld
         self._sync_kernel(changes)
         self._sample_counts(now, poll.exited_now)
+        changes.ended[:0] = early.ended
+        changes.released_fds[:0] = early.released_fds
         return changes
+
+    def _poll_events(self, timeout_ms: int) -> list[LeftCloseWait | FdDrop]:
+        """Events from the kernel; fd drops also invalidate the fd index."""
+        events = self.probe.poll(timeout_ms)
+        for ev in events:
+            if isinstance(ev, FdDrop):
+                self.fds.forget(ev.tgid, ev.fd_lo, ev.fd_hi)
+        return events
+
+    def _trusted_fds(self) -> dict[int, set[int]]:
+        """Fds the kernel reports drops of: (pid, fd) pairs in watched_fds."""
+        out: dict[int, set[int]] = {}
+        for pid, fd in self._fd_watched:
+            out.setdefault(pid, set()).add(fd)
+        return out
+
+    def _descendants_seen(self) -> set[int]:
+        """Non-target processes of the last scan (descendants), if still alive."""
+        return {pid for pid in self.fds.pids() if procfs.exists(pid)}
 
     def _sample_counts(self, now_ns: int, exited: dict[int, str]) -> None:
         """One (time, open leaks) point per process, for its growth rate."""
@@ -155,7 +185,7 @@ class Watcher:
 
     def drain_events(self, timeout_ms: int) -> Changes:
         """Wait up to timeout_ms for kernel events and end the leaks they concern."""
-        events = self.probe.poll(timeout_ms)
+        events = self._poll_events(timeout_ms)
         if not events:
             return Changes()
         changes = self.tracker.apply_events(events, _still_holding)
