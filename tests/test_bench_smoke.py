@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from bench import report, stats
+from bench import churn, report, stats
 from bench.config import SMOKE
 from tests.conftest import ROOT
 
@@ -90,9 +90,10 @@ def test_scale_found_every_leak_and_their_end(smoke: dict) -> None:
 
 
 def test_startup_and_detection(smoke: dict) -> None:
-    s = smoke["startup"]
-    assert len(s["repetitions"]) == SMOKE.startup_reps
-    assert s["launch_to_first_report_s_median"] >= s["launch_to_attached_s_median"] > 0
+    for name in ("pid", "all"):
+        s = smoke["startup"][name]
+        assert len(s["repetitions"]) == SMOKE.startup_reps
+        assert s["launch_to_first_report_s_median"] >= s["launch_to_attached_s_median"] > 0
     d = smoke["detection"]
     assert d["detected"] == d["leaks"] == SMOKE.detect_leaks
     assert all(x["close_to_ended_s"] is not None for x in d["samples"])
@@ -128,3 +129,24 @@ def test_median_and_quantile() -> None:
     assert stats.median([4, 1, 2, 3]) == 2.5
     assert stats.median([]) is None
     assert stats.quantile([0, 10], 0.25) == 2.5
+
+
+def test_noisy_measurements_are_found() -> None:
+    def sample(cond: str, variant: str, slot: int, tps: float, **kw: object) -> dict:
+        return {"condition": cond, "variant": variant, "round": 0, "slot": slot, "tps": tps, **kw}
+
+    samples = []
+    for v in churn.VARIANTS:
+        samples += [
+            sample("baseline", v, 0, 100.0),
+            sample("x", v, 1, 90.0),
+            sample("baseline", v, 2, 101.0),
+            sample("y", v, 3, 90.0),
+            sample("baseline", v, 4, 80.0),  # the machine slowed down meanwhile
+            sample("z", v, 5, 90.0, foreign_bpf_programs=2),
+            sample("baseline", v, 6, 80.0),
+        ]
+    base_tps, _ = churn.baseline_tables(samples)
+    clean = [churn.is_clean(s, base_tps) for s in samples if s["condition"] != "baseline"]
+    assert clean == [True, False, False] * 2
+    assert churn.lacking(("baseline", "x", "y", "z"), samples, need=1) == ["y", "z"]

@@ -57,3 +57,31 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
         "source",
     ]
     assert set(wanted) <= set(ev)
+
+
+@pytest.mark.bpf
+def test_chunked_batch_reads_see_every_entry_once(probe, peers) -> None:
+    from tests.conftest import connected_pair
+    from tracer.bpf_maps import BatchReader
+
+    server, client = peers(), peers()
+    ports = set()
+    for _ in range(10):
+        pair = connected_pair(server, client)
+        server.call(op="close", fd=pair["server_fd"])
+        ports.add(pair["client_port"])
+    table = probe._bpf[b"closewait"]
+
+    def read(chunk: int) -> dict[int, int]:
+        """Our ten sockets (other entries come and go with the host's traffic)."""
+        out: dict[int, int] = {}
+        for keys, fins, values in BatchReader(table, chunk).chunks():
+            for i, (k, fin) in enumerate(zip(keys, fins)):
+                assert values[i].fin_ns == fin
+                if values[i].t.sport in ports:
+                    assert k not in out
+                    out[k] = fin
+        return out
+
+    small, big = read(3), read(4096)
+    assert len(big) == 10 and small == big

@@ -41,7 +41,7 @@ def _documented_fields(section_start: str, section_end: str) -> set[str]:
 
 
 def test_readme_documents_every_json_field() -> None:
-    lines = JsonRenderer().report([leak()], summary())
+    lines = list(JsonRenderer().report([leak()], summary()))
     leak_obj, summary_obj = json.loads(lines[0]), json.loads(lines[1])
     ended = LeakEnded(leak(), 0, "closed", exact=True)
     ended_obj = json.loads(JsonRenderer().ended(ended, 0.0))

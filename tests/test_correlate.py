@@ -19,6 +19,7 @@ from tracer.model import (
     Holder,
     KernelSock,
     LeftCloseWait,
+    ProcInfo,
     SockTuple,
 )
 
@@ -56,7 +57,7 @@ def obs(
         kernel={k.sk: k for k in kernel},
         diag=list(diags),
         holders=holders or {},
-        comms={100: "java", 200: "child"},
+        procs={100: ProcInfo("java"), 200: ProcInfo("child")},
         events=list(events),
         queried_netns=set(netns),
         exited=set(exited),
@@ -218,7 +219,7 @@ def test_holders_and_recv_q_are_refreshed_and_leaks_sorted_oldest_first() -> Non
                   {1: [Holder(100, 7), Holder(200, 3)], 2: [Holder(100, 8)]}), nobody)  # fmt: skip
     leak = tr.leaks[1]
     assert leak.recv_q == 5 and [h.pid for h in leak.holders] == [100, 200]
-    assert leak.comms == {100: "java", 200: "child"}
+    assert leak.proc(100).comm == "java" and leak.proc(200).comm == "child"
 
 
 def test_unheld_sockets_are_counted_once_a_second_old_and_only_with_a_full_scan() -> None:

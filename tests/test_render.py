@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 import socket
 
-from tracer.model import NS_PER_S, Creator, Holder, Leak, LeakEnded, ProbeStats, SockTuple
+from tracer.model import (
+    NS_PER_S,
+    Creator,
+    Holder,
+    Leak,
+    LeakEnded,
+    ProbeStats,
+    ProcInfo,
+    SockTuple,
+)
 from tracer.render import (
     FOOTNOTE_OPENER,
     SNAPSHOT_COLUMNS,
@@ -20,17 +29,23 @@ S = NS_PER_S
 HOSTILE = "evil\x1b[2J\nNOTE fake"
 
 
-def leak(exact: bool = True, comm: str = "java", creator: bool = True) -> Leak:
+def json_report(leaks: list[Leak], s: Summary) -> list[str]:
+    return list(JsonRenderer().report(leaks, s))
+
+
+def leak(
+    exact: bool = True, comm: str = "java", creator: bool = True, t: SockTuple | None = None
+) -> Leak:
     return Leak(
         inode=555,
         netns=4026531833,
-        tuple=SockTuple(socket.AF_INET6, "::1", 40000, "::1", 8080),
+        tuple=t or SockTuple(socket.AF_INET6, "::1", 40000, "::1", 8080),
         fin_ns=10 * S,
         age_exact=exact,
         preexisting=not exact,
         first_seen_ns=15 * S,
         holders=[Holder(100, 7), Holder(100, 9), Holder(200, 3)],
-        comms={100: comm, 200: "child"},
+        procs={100: ProcInfo(comm), 200: ProcInfo("child")},
         recv_q=2048,
         uid=1000,
         sk=0xFF if exact else None,
@@ -65,16 +80,16 @@ def test_hostile_names_cannot_forge_lines_in_either_format() -> None:
     lk = leak(comm=HOSTILE)
     for text in (
         TableRenderer().report([lk], summary())[2],
-        JsonRenderer().report([lk], summary())[0],
+        json_report([lk], summary())[0],
     ):
         assert "\x1b" not in text and "\n" not in text
-    obj = json.loads(JsonRenderer().report([lk], summary())[0])
+    obj = json.loads(json_report([lk], summary())[0])
     assert obj["comm"] == "evil\\x1b[2J\\x0aNOTE fake"
     assert obj["opened_by"]["comm"] == "evil\\x1b[2J\\x0aNOTE fake"
 
 
 def test_json_leak_and_summary() -> None:
-    lines = JsonRenderer().report([leak()], summary())
+    lines = json_report([leak()], summary())
     obj, summ = json.loads(lines[0]), json.loads(lines[1])
     assert obj["type"] == "leak" and obj["family"] == "ipv6"
     assert (obj["pid"], obj["fd"], obj["fds"]) == (100, 7, [7, 9])
@@ -135,22 +150,22 @@ def test_ended_lines() -> None:
 def test_opener_that_no_longer_holds_gets_a_mark_and_a_footnote() -> None:
     lk = leak()
     lk.creator = Creator(8 * S, 100, 101, "pool-1-thread-1", False)
-    lk.holders = [Holder(200, 3)]  # opened by pid 100, now held by its child only
+    lk.update(holders=[Holder(200, 3)])  # opened by pid 100, now held by its child only
     lines = TableRenderer().report([lk], summary())
     assert lines[2].split()[-2] == "pool-1-thread-1/101*"
     assert FOOTNOTE_OPENER in lines
-    assert json.loads(JsonRenderer().report([lk], summary())[0])["opener_holds"] is False
+    assert json.loads(json_report([lk], summary())[0])["opener_holds"] is False
 
 
 def test_snapshot_view_has_uid_and_container_columns() -> None:
     lk = leak()
-    lk.cgroups = {100: "/system.slice/docker-" + "ab" * 32 + ".scope"}
+    lk.procs[100] = ProcInfo("java", "/system.slice/docker-" + "ab" * 32 + ".scope")
     lines = TableRenderer("snapshot").report([lk], summary(namespaces=3, unheld=2))
     assert "snapshot: 1 leaking socket" in lines[0] and "3 network namespaces" in lines[0]
     assert "2 more in CLOSE_WAIT held by no process" in lines[0]
     assert lines[1].split() == [c.header for c in SNAPSHOT_COLUMNS]
     assert lines[2].split()[-2:] == ["1000", "/system.slice/docker-abababababab.scope"]
-    obj = json.loads(JsonRenderer().report([lk], summary())[0])
+    obj = json.loads(json_report([lk], summary())[0])
     assert obj["container"] == "/system.slice/docker-abababababab.scope"
     assert obj["cgroup"].endswith("ab" * 32 + ".scope")
 
@@ -197,7 +212,7 @@ def test_trend_group_and_latency_rendering() -> None:
     ]
     assert [int(r.split(":")[1].split("|")[0]) for r in rows] == [5, 0, 50]
     assert rows[2].count("*") == 40 and rows[0].count("*") == 4
-    objs = [json.loads(line) for line in JsonRenderer().report([leak()], s)]
+    objs = [json.loads(line) for line in json_report([leak()], s)]
     g = next(o for o in objs if o["type"] == "group")
     assert (g["endpoint"], g["leaks"], g["leaks_per_min"]) == ("[::1]:8080", 7, 30.0)
     lat_obj = next(o for o in objs if o["type"] == "latency")
@@ -214,14 +229,31 @@ def test_trend_group_and_latency_rendering() -> None:
     )
 
 
-def test_cached_cells_follow_changes_and_never_cross_leaks() -> None:
+def test_rows_follow_changes_and_never_cross_leaks() -> None:
+    def first_row(renderer: TableRenderer | JsonRenderer, lk: Leak) -> str:
+        lines = list(renderer.report([lk], summary()))
+        return lines[0] if isinstance(renderer, JsonRenderer) else lines[2]
+
     for renderer in (TableRenderer(), JsonRenderer()):
         lk = leak()
-        first = renderer.report([lk], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
+        first = first_row(renderer, lk)
         lk.update(holders=[Holder(100, 11)])
-        second = renderer.report([lk], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
+        second = first_row(renderer, lk)
         assert first != second and "11" in second
         again = leak()  # the same inode found again later: a new Leak
-        again.holders = [Holder(100, 12)]
-        third = renderer.report([again], summary())[0 if isinstance(renderer, JsonRenderer) else 2]
-        assert "12" in third and "11" not in third.replace("1100", "")
+        again.update(holders=[Holder(100, 12)])
+        assert "12" in first_row(renderer, again)
+
+
+def test_fast_json_line_equals_the_reference_dict() -> None:
+    from tracer.render import leak_json
+
+    s = summary()
+    cases = [leak(), leak(exact=False, creator=False), leak(comm=HOSTILE), leak(comm='q"uote\\')]
+    accepted = leak()
+    accepted.creator = Creator(8 * S, 0, 0, "", True)
+    v4 = leak(t=SockTuple(socket.AF_INET, "10.1.2.3", 5, "10.9.9.9", 80))
+    v4.procs[100] = ProcInfo("поток", "/kubepods/pod1/" + "cd" * 32)
+    for lk in [*cases, accepted, v4]:
+        line = json_report([lk], s)[0]
+        assert json.loads(line) == leak_json(lk, s), line

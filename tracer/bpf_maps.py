@@ -2,7 +2,7 @@
 
 - BCC's items_lookup_batch() passes one ctypes object as both the batch token
   and the count, and allocates max_entries-sized buffers on every call.
-  BatchReader allocates once and keeps the token apart.
+  BatchReader allocates one chunk once and keeps the token apart.
 - BCC's __setitem__ always writes with BPF_ANY; user space here must never
   re-create an entry the kernel just deleted, so update() takes flags.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import struct
+from collections.abc import Iterator
 from typing import Any
 
 from bcc.libbcc import lib
@@ -25,64 +27,73 @@ _NO_BATCH = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524}  # 524: ENOTSUP
 
 
 class BatchReader:
-    """Read a whole BPF hash map into preallocated arrays, a few syscalls per pass."""
+    """Read a BPF hash map with u64 keys whose values start with a u64, in
+    chunks of preallocated arrays: a few syscalls per pass, and memory for
+    one chunk rather than for max_entries (262,144 entries would be 25 MB)."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, chunk: int = 4096) -> None:
         self.table = table
-        self.capacity = int(table.max_entries)
-        self.keys = (table.Key * self.capacity)()
-        self.values = (table.Leaf * self.capacity)()
+        self.chunk = min(chunk, int(table.max_entries))
+        self.keys = (table.Key * self.chunk)()
+        self.values = (table.Leaf * self.chunk)()
+        self._vsize = ct.sizeof(table.Leaf)
         self.batch_supported = True
 
-    def read(self) -> int:
-        """Fill self.keys/self.values; return how many entries are valid.
+    def chunks(self) -> Iterator[tuple[tuple[int, ...], list[int], Any]]:
+        """(keys, first u64 of each value, the values array) per chunk.
 
-        Entries added or removed while reading may or may not appear, as with
-        any map dump; callers treat the result as a snapshot.
+        Keys and leading values are unpacked in C (struct), so a caller
+        comparing them with what it knows pays Python work only for entries
+        that changed. The arrays are reused: consume a chunk before the next.
+        Entries added or removed during the walk may or may not appear, as
+        with any map dump; callers treat the result as a snapshot.
         """
         if self.batch_supported:
             try:
-                return self._read_batch()
+                yield from self._batches()
+                return
             except _BatchUnsupported:
                 self.batch_supported = False
-        return self._read_iter()
+        items = list(self.table.items())
+        for start in range(0, len(items), self.chunk):
+            part = items[start : start + self.chunk]
+            for i, (k, v) in enumerate(part):
+                self.keys[i] = k
+                self.values[i] = v
+            yield self._unpack(len(part))
 
-    def _read_batch(self) -> int:
-        ksize, vsize = ct.sizeof(self.table.Key), ct.sizeof(self.table.Leaf)
+    def _unpack(self, n: int) -> tuple[tuple[int, ...], list[int], Any]:
+        keys = struct.unpack_from(f"={n}Q", self.keys)
+        head = struct.Struct(f"=Q{self._vsize - 8}x")
+        firsts = [
+            v for (v,) in head.iter_unpack(memoryview(self.values).cast("B")[: n * self._vsize])
+        ]
+        return keys, firsts, self.values
+
+    def _batches(self) -> Iterator[tuple[tuple[int, ...], list[int], Any]]:
         token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
-        total = 0
         first = True
-        while total < self.capacity:
-            count = ct.c_uint32(self.capacity - total)
+        while True:
+            count = ct.c_uint32(self.chunk)
             res = lib.bpf_lookup_batch(
                 self.table.map_fd,
                 None if first else ct.byref(token_in),
                 ct.byref(token_out),
-                ct.byref(self.keys, ksize * total),
-                ct.byref(self.values, vsize * total),
+                ct.byref(self.keys),
+                ct.byref(self.values),
                 ct.byref(count),
             )
             err = ct.get_errno()
-            total += count.value
-            if res != 0:
-                if err == errno.ENOENT:
-                    break  # walked the whole map
+            if res != 0 and err != errno.ENOENT:
                 if first and err in _NO_BATCH:
                     raise _BatchUnsupported
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            if count.value:
+                yield self._unpack(count.value)
+            if res != 0:
+                return  # ENOENT: walked the whole map
             token_in.value = token_out.value
             first = False
-        return total
-
-    def _read_iter(self) -> int:
-        n = 0
-        for k, v in self.table.items():
-            if n == self.capacity:
-                break
-            self.keys[n] = k
-            self.values[n] = v
-            n += 1
-        return n
 
 
 class _BatchUnsupported(Exception):

@@ -108,6 +108,13 @@ def probe_options(f):
 )
 @click.option("-d", "--duration", type=DURATION, default=None, help="Stop after this long.")
 @click.option("--json", "json_lines", is_flag=True, help="JSON lines instead of a table.")
+@click.option(
+    "--rows",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    help="Leak rows per table report, oldest first (0: all). JSON lists every leak.",
+)
 @probe_options
 @click.pass_context
 def watch(
@@ -118,6 +125,7 @@ def watch(
     min_age: float,
     duration: float | None,
     json_lines: bool,
+    rows: int,
     max_sockets: int,
     max_conns: int,
     buffer_pages: int,
@@ -158,6 +166,7 @@ def watch(
             min_age_s=min_age,
             duration_s=duration,
             json_lines=json_lines,
+            rows=rows or None,
             max_sockets=max_sockets,
             max_conns=max_conns,
             buffer_pages=buffer_pages,

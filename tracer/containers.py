@@ -7,6 +7,7 @@ the container, so the path itself is the most useful identity to print
 
 from __future__ import annotations
 
+import functools
 import re
 
 _CONTAINER = re.compile(
@@ -16,6 +17,7 @@ _CONTAINER = re.compile(
 _ID = re.compile(r"([0-9a-f]{64})")
 
 
+@functools.lru_cache(maxsize=4096)
 def container_of(cgroup: str | None) -> str | None:
     """The cgroup path if it belongs to a container, else None (host process).
 

@@ -28,6 +28,7 @@ from tracer.model import (
     Leak,
     LeakEnded,
     LeftCloseWait,
+    ProcInfo,
     SockTuple,
 )
 
@@ -54,12 +55,11 @@ class Observation:
     kernel: dict[int, KernelSock]
     diag: list[DiagSock]
     holders: dict[int, list[Holder]]  # inode -> target fds holding it
-    comms: dict[int, str]  # pid -> comm, for targets
+    procs: dict[int, ProcInfo]  # name and cgroup of the holders' processes
     events: list[LeftCloseWait | FdDrop] = field(default_factory=list)
     queried_netns: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # targets that exited
     targets: frozenset[int] | None = None  # None: every process is a target
-    cgroups: dict[int, str] = field(default_factory=dict)  # pid -> cgroup path
     holders_complete: bool = False  # holders covers every process on the host
 
     def is_target(self, pid: int) -> bool:
@@ -139,6 +139,10 @@ class LeakTracker:
         self._by_sk: dict[int, int] = {}
         self._by_tuple: dict[SockTuple, int] = {}
         self.targets: frozenset[int] | None = None  # from the last observation
+        self._sorted: list[Leak] | None = None
+        # Names and cgroups of holders, shared by every leak; a process that
+        # exited keeps its last known name while a leak still names it.
+        self.procs: dict[int, ProcInfo] = {}
         self.holders_changed = True  # some leak's holders changed since last cleared
 
     # -- queries used before holders are read --------------------------------
@@ -161,6 +165,7 @@ class LeakTracker:
 
     def update(self, obs: Observation, still_holding: StillHolding) -> Changes:
         self.targets = obs.targets
+        self.procs.update(obs.procs)
         ch = self.apply_events(obs.events, still_holding)
         now = obs.now_ns
 
@@ -168,15 +173,17 @@ class LeakTracker:
         seen: set[int] = set()
         for d in obs.diag:
             seen.add(d.inode)
-            mine, others = obs.ordered_holders(d.inode)
             leak = self.leaks.get(d.inode)
+            raw = obs.holders.get(d.inode)
+            if leak is not None and raw is not None and raw == leak._raw_holders:
+                leak.update(recv_q=d.recv_q)  # the common case: nothing else changed
+                continue
+            mine, others = obs.ordered_holders(d.inode)
             if leak is not None:
                 if mine:
-                    holders = mine + others
-                    if holders != leak.holders:
+                    leak._raw_holders = raw
+                    if leak.update(holders=mine + others, recv_q=d.recv_q):
                         self.holders_changed = True
-                    leak.update(holders=holders, recv_q=d.recv_q)
-                    _remember_processes(leak, obs)
                 else:
                     self._drop(leak)
                     ch.unwatch.append(leak)
@@ -199,13 +206,13 @@ class LeakTracker:
                 preexisting=not exact and fin < self.attach_ns,
                 first_seen_ns=now,
                 holders=mine + others,
-                comms={},
                 recv_q=d.recv_q,
                 uid=d.uid,
                 sk=ks.sk if ks else None,
                 creator=ks.creator if ks else None,
+                procs=self.procs,
             )
-            _remember_processes(leak, obs)
+            leak._raw_holders = raw
             self._add(leak)
             ch.new.append(leak)
             ch.watch.append(leak)
@@ -290,9 +297,19 @@ class LeakTracker:
                     )
                 )
 
+    def prune_procs(self) -> None:
+        """Forget processes no leak names any more (called once per refresh)."""
+        if len(self.procs) > 2 * len(self.leaks) + 64:
+            named = {h.pid for lk in self.leaks.values() for h in lk.holders}
+            for pid in [p for p in self.procs if p not in named]:
+                del self.procs[pid]
+
     def sorted_leaks(self) -> list[Leak]:
-        """Oldest FIN first, then by pid and fd for a stable order."""
-        return sorted(self.leaks.values(), key=lambda lk: (lk.fin_ns, lk.pid, lk.fds))
+        """Oldest FIN first (then by inode, for a stable order). Sorted again
+        only when the set of leaks changed: reports ask for it twice each."""
+        if self._sorted is None:
+            self._sorted = sorted(self.leaks.values(), key=_by_age)
+        return self._sorted
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -302,6 +319,7 @@ class LeakTracker:
 
     def _add(self, leak: Leak) -> None:
         self.holders_changed = True
+        self._sorted = None
         self.leaks[leak.inode] = leak
         if leak.sk is not None:
             self._by_sk[leak.sk] = leak.inode
@@ -310,6 +328,7 @@ class LeakTracker:
 
     def _drop(self, leak: Leak) -> None:
         self.holders_changed = True
+        self._sorted = None
         self.leaks.pop(leak.inode, None)
         if leak.sk is not None:
             self._by_sk.pop(leak.sk, None)
@@ -325,13 +344,8 @@ class LeakTracker:
         return LeakEnded(leak, now, reason, exact=False, still_held=others)
 
 
-def _remember_processes(leak: Leak, obs: Observation) -> None:
-    """Keep the last known name and cgroup of every holder (they may exit later)."""
-    pids = {h.pid for h in leak.holders}
-    leak.update(
-        comms={p: obs.comms[p] for p in pids if p in obs.comms},
-        cgroups={p: obs.cgroups[p] for p in pids if p in obs.cgroups},
-    )
+def _by_age(leak: Leak) -> tuple[int, int]:
+    return (leak.fin_ns, leak.inode)
 
 
 def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEnded:

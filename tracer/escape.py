@@ -7,14 +7,20 @@ report lines. Everything such is printed through `printable()`.
 
 from __future__ import annotations
 
+import functools
 
+
+@functools.lru_cache(maxsize=4096)
 def printable(text: str | bytes) -> str:
     """Escape control characters, backslashes and invalid UTF-8 as \\xNN.
 
     Printable non-ASCII text (e.g. a thread name in Cyrillic) is kept.
+    Cached: the same few process and thread names recur in every report.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, decided in C (undecodable bytes are not printable)
     out = []
     for ch in text:
         code = ord(ch)

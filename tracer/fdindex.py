@@ -24,18 +24,36 @@ _SOCKET_PREFIX = "socket:["
 class FdIndex:
     def __init__(self) -> None:
         self._fds: dict[int, dict[int, int]] = {}  # pid -> fd -> socket inode
+        self._by_inode: dict[int, list[Holder]] = {}  # the same, reversed
         self.readlinks = 0  # syscalls spent, for benchmarks and tests
         self.unreadable: list[int] = []  # pids whose fds could not be read, last scan
 
     def forget(self, pid: int, lo: int, hi: int) -> None:
         """fds lo..hi of pid were dropped (an FD_DROP event): read them again."""
         fds = self._fds.get(pid)
-        if fds is not None:
-            for fd in [fd for fd in fds if lo <= fd <= hi]:
-                del fds[fd]
+        if fds is None:
+            return
+        for fd in [fd for fd in fds if lo <= fd <= hi]:
+            self._unlink(pid, fd, fds.pop(fd))
 
     def forget_all(self) -> None:
         self._fds.clear()
+        self._by_inode.clear()
+
+    def keep_only(self, alive: set[int]) -> None:
+        """Drop processes that are gone (cheap: the index holds few processes)."""
+        for pid in [p for p in self._fds if p not in alive]:
+            for fd, inode in self._fds.pop(pid).items():
+                self._unlink(pid, fd, inode)
+
+    def _unlink(self, pid: int, fd: int, inode: int) -> None:
+        hs = self._by_inode.get(inode)
+        if hs is not None:
+            rest = [h for h in hs if h != (pid, fd)]
+            if rest:
+                self._by_inode[inode] = rest
+            else:
+                del self._by_inode[inode]
 
     def scan(self, pids: Iterable[int], trusted: dict[int, set[int]]) -> None:
         """Re-read the fd tables of pids; fds in `trusted` keep their inode.
@@ -74,17 +92,25 @@ class FdIndex:
                 os.close(dirfd)
             fresh[pid] = table
         self._fds = fresh
+        by_inode: dict[int, list[Holder]] = {}
+        for pid, table in fresh.items():
+            for fd, inode in table.items():
+                hs = by_inode.get(inode)
+                if hs is None:
+                    by_inode[inode] = [Holder(pid, fd)]
+                else:
+                    hs.append(Holder(pid, fd))
+        self._by_inode = by_inode
 
     def pids(self) -> list[int]:
         return list(self._fds)
 
-    def holders(self, inodes: set[int], pids: set[int] | None = None) -> dict[int, list[Holder]]:
-        """inode -> holders among the indexed processes (optionally only pids)."""
-        out: dict[int, list[Holder]] = {}
-        for pid, table in self._fds.items():
-            if pids is not None and pid not in pids:
-                continue
-            for fd, inode in table.items():
-                if inode in inodes:
-                    out.setdefault(inode, []).append(Holder(pid, fd))
-        return out
+    def fd_count(self, pid: int) -> int | None:
+        """Socket fds of pid at the last scan."""
+        table = self._fds.get(pid)
+        return None if table is None else len(table)
+
+    def holders(self, inodes: Iterable[int]) -> dict[int, list[Holder]]:
+        """inode -> holders, for the inodes some indexed process holds."""
+        by_inode = self._by_inode
+        return {inode: hs for inode in inodes if (hs := by_inode.get(inode)) is not None}

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer import procfs
-from tracer.model import DiagSock
+from tracer.model import DiagSock, ProcInfo
 from tracer.sockdiag import DiagPool, NetnsUnavailable
 from tracer.targets import TargetPoll, Targets
 
@@ -54,16 +54,12 @@ def holder_scope(targets: Targets, poll: TargetPoll) -> list[int]:
     return procfs.with_descendants(poll.pids)
 
 
-def process_facts(pids: Iterable[int]) -> tuple[dict[int, str], dict[int, str]]:
-    """(comm, cgroup path) of each pid that still exists."""
-    comms: dict[int, str] = {}
-    cgroups: dict[int, str] = {}
+def process_facts(pids: Iterable[int]) -> dict[int, ProcInfo]:
+    """Name and cgroup path of each pid that still exists."""
+    out: dict[int, ProcInfo] = {}
     for pid in set(pids):
         try:
-            comms[pid] = procfs.comm(pid)
+            out[pid] = ProcInfo(procfs.comm(pid), procfs.cgroup_path(pid))
         except procfs.ProcessGone:
             continue
-        cg = procfs.cgroup_path(pid)
-        if cg is not None:
-            cgroups[pid] = cg
-    return comms, cgroups
+    return out

@@ -226,18 +226,15 @@ class KernelProbe:
         Entries already decoded on an earlier call are reused, so a refresh
         costs one batch syscall plus work for new entries only.
         """
-        n = self._reader.read()
-        keys, values = self._reader.keys, self._reader.values
         old = self._cache
         fresh: dict[int, KernelSock] = {}
-        for i in range(n):
-            sk = keys[i].value if hasattr(keys[i], "value") else int(keys[i])
-            v = values[i]
-            known = old.get(sk)
-            if known is not None and known.fin_ns == v.fin_ns:
-                fresh[sk] = known
-            else:
-                fresh[sk] = _decode_sock(sk, v)
+        for keys, fins, values in self._reader.chunks():
+            for i, (sk, fin) in enumerate(zip(keys, fins)):
+                known = old.get(sk)
+                if known is not None and known.fin_ns == fin:
+                    fresh[sk] = known
+                else:
+                    fresh[sk] = _decode_sock(sk, values[i])
         self._cache = fresh
         return fresh
 

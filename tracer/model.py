@@ -9,19 +9,21 @@ from __future__ import annotations
 import itertools
 import socket
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NS_PER_S = 1_000_000_000
 
 _serials = itertools.count(1)
 
 
-@dataclass(frozen=True, order=True)
-class SockTuple:
+class SockTuple(NamedTuple):
     """A TCP connection's addresses, from the socket's own point of view.
 
     Addresses are canonical text (inet_ntop), so a tuple built from the
     tracepoint's bytes equals one built from sock_diag's. Unique within one
-    network namespace only.
+    network namespace only. (The records of this module are named tuples:
+    tens of thousands are built per refresh on a sick host, and a tuple is
+    several times cheaper to build and smaller than a frozen dataclass.)
     """
 
     family: int
@@ -64,8 +66,7 @@ def format_endpoint(family: int, ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
 
 
-@dataclass(frozen=True)
-class Creator:
+class Creator(NamedTuple):
     """Who opened a connection, as the kernel saw it at connect() or accept time."""
 
     opened_ns: int
@@ -75,8 +76,7 @@ class Creator:
     accepted: bool
 
 
-@dataclass(frozen=True)
-class KernelSock:
+class KernelSock(NamedTuple):
     """An entry of the BPF closewait map: a socket that got its FIN since attach."""
 
     sk: int
@@ -85,8 +85,7 @@ class KernelSock:
     creator: Creator | None
 
 
-@dataclass(frozen=True)
-class DiagSock:
+class DiagSock(NamedTuple):
     """A socket in CLOSE_WAIT as sock_diag reports it, in one network namespace."""
 
     netns: int
@@ -94,21 +93,31 @@ class DiagSock:
     inode: int
     uid: int
     recv_q: int  # unread bytes (sock_diag's rqueue counts the FIN as one more)
-    # When the FIN probably arrived (CLOCK_MONOTONIC ns), from tcp_info when the
-    # socket was first dumped; None without tcp_info. See correlate.estimated_fin_ns.
+    # When the FIN probably arrived (CLOCK_MONOTONIC ns): from tcp_info when the
+    # socket was first dumped, or that first dump's time (a lower bound on the
+    # age) when tcp_info was not asked for. See correlate.estimated_fin_ns.
     est_fin_ns: int | None
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """A file descriptor of a process that refers to a socket."""
 
     pid: int
     fd: int
 
 
-@dataclass(frozen=True)
-class LeftCloseWait:
+class ProcInfo(NamedTuple):
+    """What is printed about a process: its name (raw, escape before printing)
+    and its cgroup path."""
+
+    comm: str
+    cgroup: str | None = None
+
+
+UNKNOWN_PROC = ProcInfo("?")
+
+
+class LeftCloseWait(NamedTuple):
     """A watched socket left CLOSE_WAIT (decoded BPF event)."""
 
     ts_ns: int
@@ -125,8 +134,7 @@ class LeftCloseWait:
     preexisting: bool
 
 
-@dataclass(frozen=True)
-class FdDrop:
+class FdDrop(NamedTuple):
     """A target entered close()/close_range()/dup2() on a watched fd (decoded BPF event)."""
 
     ts_ns: int
@@ -138,62 +146,104 @@ class FdDrop:
     fd_hi: int
 
 
-@dataclass(frozen=True)
-class LatencyBucket:
+class LatencyBucket(NamedTuple):
     """One slot of the in-kernel FIN-to-close histogram."""
 
     pid: int
     side: str  # "remote" (connect()ed: peer's port), "local" (accepted), "unknown"
     port: int
-    slot: int  # log2 of microseconds: [2**slot, 2**(slot+1)) µs; slot 0 also holds 0 µs
+    slot: int  # bpf_log2l(microseconds): see trends.log2_bucket_bounds
     count: int
 
 
-@dataclass
 class Leak:
     """A socket in CLOSE_WAIT that a target process still holds open.
 
-    Mutable: holders, recv_q and comm are refreshed while it lasts.
+    Mutable (holders and Recv-Q are refreshed while it lasts), with slots:
+    a host can hold 100,000 of these. Process names and cgroups live in one
+    table shared by every leak (`procs`), kept by the tracker.
     """
 
-    inode: int
-    netns: int
-    tuple: SockTuple
-    fin_ns: int  # exact (from the kernel) or estimated, see age_exact
-    age_exact: bool
-    preexisting: bool  # in CLOSE_WAIT before closewait attached
-    first_seen_ns: int
-    holders: list[Holder]
-    comms: dict[int, str]
-    recv_q: int
-    uid: int
-    sk: int | None = None  # kernel address, when the FIN was seen
-    creator: Creator | None = None
-    cgroups: dict[int, str] = field(default_factory=dict)  # pid -> cgroup path
-    version: int = 0  # bumped on every change above, so renderers can cache
-    # Unique per Leak object (an inode can leak, end and be found again).
-    serial: int = field(default_factory=lambda: next(_serials))
+    __slots__ = (
+        "_raw_holders",
+        "age_exact",
+        "creator",
+        "fds",
+        "fin_ns",
+        "first_seen_ns",
+        "group",
+        "holders",
+        "inode",
+        "local",
+        "netns",
+        "pid",
+        "preexisting",
+        "procs",
+        "recv_q",
+        "remote",
+        "serial",
+        "sk",
+        "tuple",
+        "uid",
+        "version",
+    )  # fmt: skip
 
-    def update(
+    def __init__(
         self,
-        holders: list[Holder] | None = None,
-        recv_q: int | None = None,
-        comms: dict[int, str] | None = None,
-        cgroups: dict[int, str] | None = None,
-    ) -> bool:
+        inode: int,
+        netns: int,
+        tuple: SockTuple,
+        fin_ns: int,  # exact (from the kernel) or estimated, see age_exact
+        age_exact: bool,
+        preexisting: bool,  # in CLOSE_WAIT before closewait attached
+        first_seen_ns: int,
+        holders: list[Holder],
+        recv_q: int,
+        uid: int,
+        sk: int | None = None,  # kernel address, when the FIN was seen
+        creator: Creator | None = None,
+        procs: dict[int, ProcInfo] | None = None,
+    ) -> None:
+        self.inode = inode
+        self.netns = netns
+        self.tuple = tuple
+        # Printed for every leak at every report: computed once.
+        self.local = tuple.local
+        self.remote = tuple.remote
+        self.fin_ns = fin_ns
+        self.age_exact = age_exact
+        self.preexisting = preexisting
+        self.first_seen_ns = first_seen_ns
+        self.recv_q = recv_q
+        self.uid = uid
+        self.sk = sk
+        self.creator = creator
+        self.procs = procs if procs is not None else {}
+        self.version = 0  # bumped on every change, for whoever caches renderings
+        self.serial = next(_serials)  # unique: an inode can leak, end and leak again
+        self._raw_holders: object = None  # what the tracker last compared holders with
+        self.group: tuple[str, str] | None = None  # (side, endpoint), set by trends
+        self._set_holders(holders)
+
+    def _set_holders(self, holders: list[Holder]) -> None:
+        self.holders = holders
+        self.pid = pid = holders[0].pid  # the first holder's process (targets come first)
+        self.fds = [h.fd for h in holders if h.pid == pid]
+
+    def update(self, holders: list[Holder] | None = None, recv_q: int | None = None) -> bool:
         """Change what may change while a leak lasts; True if anything did."""
         changed = False
         if holders is not None and holders != self.holders:
-            self.holders, changed = holders, True
+            self._set_holders(holders)
+            changed = True
         if recv_q is not None and recv_q != self.recv_q:
             self.recv_q, changed = recv_q, True
-        for mine, new in ((self.comms, comms), (self.cgroups, cgroups)):
-            for pid, value in (new or {}).items():
-                if mine.get(pid) != value:
-                    mine[pid], changed = value, True
         if changed:
             self.version += 1
         return changed
+
+    def proc(self, pid: int) -> ProcInfo:
+        return self.procs.get(pid, UNKNOWN_PROC)
 
     @property
     def opener_holds(self) -> bool | None:
@@ -209,14 +259,8 @@ class Leak:
     def age_s(self, now_ns: int) -> float:
         return max(0, now_ns - self.fin_ns) / NS_PER_S
 
-    @property
-    def pid(self) -> int:
-        return self.holders[0].pid
-
-    @property
-    def fds(self) -> list[int]:
-        """The fds of the first holder's process that refer to this socket."""
-        return [h.fd for h in self.holders if h.pid == self.pid]
+    def __repr__(self) -> str:
+        return f"Leak(inode={self.inode}, tuple={self.tuple}, holders={self.holders})"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from tracer.model import FdReleased, Leak, LeakEnded
@@ -15,13 +15,25 @@ from tracer.render import JsonRenderer, ProcessRank, Summary, TableRenderer
 
 class Output:
     def __init__(
-        self, json_lines: bool = False, stream: TextIO | None = None, view: str = "watch"
+        self,
+        json_lines: bool = False,
+        stream: TextIO | None = None,
+        view: str = "watch",
+        rows: int | None = None,
     ) -> None:
-        self.renderer = JsonRenderer() if json_lines else TableRenderer(view)
+        self.renderer = JsonRenderer() if json_lines else TableRenderer(view, rows)
         self.stream = stream if stream is not None else sys.stdout
 
-    def _write(self, lines: Sequence[str]) -> None:
-        self.stream.write("".join(line + "\n" for line in lines))
+    def _write(self, lines: Iterable[str]) -> None:
+        """Write in chunks: a report of 100,000 leaks is tens of MB as one string."""
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) == 4096:
+                self.stream.write("\n".join(chunk) + "\n")
+                chunk = []
+        if chunk:
+            self.stream.write("\n".join(chunk) + "\n")
         self.stream.flush()
 
     def report(self, leaks: Sequence[Leak], summary: Summary) -> None:

@@ -8,11 +8,13 @@ once (header, width, alignment, how to compute the cell) and grouped per view.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 
 from tracer.containers import container_of
 from tracer.durations import format_age
@@ -102,33 +104,28 @@ def _conn_age(leak: Leak, now_ns: int) -> float | None:
 
 
 def _container(leak: Leak) -> str | None:
-    return container_of(leak.cgroups.get(leak.pid))
+    return container_of(leak.proc(leak.pid).cgroup)
 
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: header, width, alignment and the cell's text.
-
-    A static column depends only on the leak (and changes with its version),
-    so renderers compute it once per leak version: with 100,000 leaks a
-    report is otherwise mostly formatting."""
+    """One table column: header, width, alignment and the cell's text."""
 
     header: str
     width: int
     value: Callable[[Leak, int], str]
     right: bool = False
-    static: bool = True
 
     def cell(self, text: str) -> str:
         return text.rjust(self.width) if self.right else text.ljust(self.width)
 
 
 PID = Column("PID", 7, lambda lk, now: str(lk.pid), right=True)
-COMM = Column("COMM", 15, lambda lk, now: printable(lk.comms.get(lk.pid, "?"))[:15])
+COMM = Column("COMM", 15, lambda lk, now: printable(lk.proc(lk.pid).comm)[:15])
 FD = Column("FD", 6, lambda lk, now: _fd_text(lk), right=True)
 LOCAL = Column("LOCAL", 22, lambda lk, now: lk.tuple.local)
 REMOTE = Column("REMOTE", 22, lambda lk, now: lk.tuple.remote)
-AGE = Column("AGE", 8, _age_text, right=True, static=False)
+AGE = Column("AGE", 8, _age_text, right=True)
 RECV_Q = Column("RECV-Q", 7, lambda lk, now: str(lk.recv_q), right=True)
 OPENED_BY = Column("OPENED-BY", 23, lambda lk, now: _opened_by(lk)[:23])
 CONN_AGE = Column(
@@ -136,7 +133,6 @@ CONN_AGE = Column(
     8,
     lambda lk, now: "-" if (a := _conn_age(lk, now)) is None else format_age(a),
     right=True,
-    static=False,
 )
 UID = Column("UID", 6, lambda lk, now: str(lk.uid), right=True)
 CONTAINER = Column("CONTAINER", 0, lambda lk, now: printable(_container(lk) or "-"))
@@ -176,17 +172,23 @@ def _lost_text(stats: ProbeStats) -> str:
 class TableRenderer:
     """ss-like text: a header line with totals, then one row per leaked socket."""
 
-    def __init__(self, view: str = "watch") -> None:
+    def __init__(self, view: str = "watch", rows: int | None = None) -> None:
         self.view = view
         self.columns = VIEWS[view]
-        self._static: dict[int, tuple[int, list[str | None]]] = {}  # serial -> version, cells
+        self.rows = rows  # at most this many leak rows per report (None: all)
 
     def report(self, leaks: Sequence[Leak], s: Summary) -> list[str]:
         lines = [self._head(leaks, s)]
         lines.extend(f"  {trend_text(p)}" for p in s.processes)
         if leaks:
+            shown = leaks if self.rows is None else leaks[: self.rows]
             lines.append(self._row(c.header for c in self.columns))
-            lines.extend(self._leak_row(lk, s.now_ns) for lk in leaks)
+            lines.extend(self._row(c.value(lk, s.now_ns) for c in self.columns) for lk in shown)
+            if len(shown) < len(leaks):
+                lines.append(
+                    f"  ... {len(leaks) - len(shown)} more (oldest shown first; "
+                    "--rows 0 shows all, --json lists every one)"
+                )
             if OPENED_BY in self.columns and any(lk.opener_holds is False for lk in leaks):
                 lines.append(FOOTNOTE_OPENER)
         if s.groups:
@@ -197,30 +199,19 @@ class TableRenderer:
         if s.final:
             lines.extend(latency_lines(s.latency, _comms_of(s), leaks))
         lines.append("")
-        if len(self._static) > len(leaks):
-            live = {lk.serial for lk in leaks}
-            self._static = {k: v for k, v in self._static.items() if k in live}
         return lines
 
     def _row(self, cells: Sequence[str] | object) -> str:
         return " ".join(c.cell(v) for c, v in zip(self.columns, cells)).rstrip()
 
-    def _leak_row(self, lk: Leak, now_ns: int) -> str:
-        cached = self._static.get(lk.serial)
-        if cached is None or cached[0] != lk.version:
-            cells = [c.cell(c.value(lk, now_ns)) if c.static else None for c in self.columns]
-            cached = self._static[lk.serial] = (lk.version, cells)
-        return " ".join(
-            cell if cell is not None else c.cell(c.value(lk, now_ns))
-            for c, cell in zip(self.columns, cached[1])
-        ).rstrip()
-
     def _head(self, leaks: Sequence[Leak], s: Summary) -> str:
         per_pid = _count_by_pid(leaks)
         if s.all_processes:
-            comms = {lk.pid: lk.comms.get(lk.pid, "?") for lk in leaks}
+            first_leak = {lk.pid: lk for lk in reversed(leaks)}  # any leak of each pid
             ranked = sorted(per_pid.items(), key=lambda kv: -kv[1])
-            who = ", ".join(f"{pid} {printable(comms[pid])}: {n}" for pid, n in ranked[:5])
+            who = ", ".join(
+                f"{pid} {printable(first_leak[pid].proc(pid).comm)}: {n}" for pid, n in ranked[:5]
+            )
             if len(ranked) > 5:
                 who += f", +{len(ranked) - 5} more processes"
         else:
@@ -262,7 +253,7 @@ class TableRenderer:
         lk = e.leak
         fds = ",".join(map(str, lk.fds))
         what = (
-            f"{_clock(wall)} ENDED pid {lk.pid} ({printable(lk.comms.get(lk.pid, '?'))}) "
+            f"{_clock(wall)} ENDED pid {lk.pid} ({printable(lk.proc(lk.pid).comm)}) "
             f"fd {fds} {lk.tuple.local} -> {lk.tuple.remote}: "
         )
         after = format_age(e.latency_s)
@@ -389,34 +380,21 @@ def describe_end(e: LeakEnded) -> str:
 class JsonRenderer:
     """One JSON object per line; schema documented in README.md."""
 
-    def __init__(self) -> None:
-        self._static: dict[int, tuple[int, str]] = {}  # serial -> version, serialized fields
-
-    def _leak_line(self, lk: Leak, s: Summary) -> str:
-        """A leak object: its static fields serialized once per leak version,
-        then the three that change with time."""
-        cached = self._static.get(lk.serial)
-        if cached is None or cached[0] != lk.version:
-            cached = self._static[lk.serial] = (lk.version, _dumps(leak_static_json(lk))[:-1])
-        conn_age = _conn_age(lk, s.now_ns)
-        return (
-            f'{cached[1]},"age_s":{round(lk.age_s(s.now_ns), 3)!r},'
-            f'"conn_age_s":{"null" if conn_age is None else repr(round(conn_age, 3))},'
-            f'"ts":{round(s.wall, 3)!r}}}'
-        )
-
-    def report(self, leaks: Sequence[Leak], s: Summary) -> list[str]:
-        lines = [self._leak_line(lk, s) for lk in leaks]
-        if len(self._static) > len(leaks):
-            live = {lk.serial for lk in leaks}
-            self._static = {k: v for k, v in self._static.items() if k in live}
-        lines.extend(_dumps(group_json(g, s)) for g in s.groups)
+    def report(self, leaks: Sequence[Leak], s: Summary) -> Iterator[str]:
+        """The lines of a report, generated: with 100,000 leaks they are tens
+        of MB, written out in chunks rather than held at once."""
+        ts = repr(round(s.wall, 3))
+        for lk in leaks:
+            yield leak_line(lk, s.now_ns, ts)
+        for g in s.groups:
+            yield _dumps(group_json(g, s))
         if s.final:
-            lines.extend(_dumps(obj) for obj in latency_json(s.latency, _comms_of(s), s.wall))
+            for obj in latency_json(s.latency, _comms_of(s), s.wall):
+                yield _dumps(obj)
         per_pid = _count_by_pid(leaks)
         trends = {p.pid: p for p in s.processes}
         targets = s.targets if not s.all_processes else {p.pid: p.comm for p in s.processes}
-        lines.append(
+        yield (
             _dumps(
                 {
                     "type": "summary",
@@ -448,7 +426,6 @@ class JsonRenderer:
                 }
             )
         )
-        return lines
 
     def processes(self, ranks: Sequence[ProcessRank], wall: float) -> list[str]:
         return [
@@ -567,7 +544,7 @@ def latency_json(
 def _identity(lk: Leak) -> dict:
     return {
         "pid": lk.pid,
-        "comm": printable(lk.comms.get(lk.pid, "?")),
+        "comm": printable(lk.proc(lk.pid).comm),
         "fd": lk.fds[0],
         "fds": lk.fds,
         "inode": lk.inode,
@@ -578,26 +555,15 @@ def _identity(lk: Leak) -> dict:
 
 
 def leak_json(lk: Leak, s: Summary) -> dict:
-    """A leak object as a dict (the renderer builds the same line faster)."""
-    conn_age = _conn_age(lk, s.now_ns)
-    return {
-        **leak_static_json(lk),
-        "age_s": round(lk.age_s(s.now_ns), 3),
-        "conn_age_s": None if conn_age is None else round(conn_age, 3),
-        "ts": round(s.wall, 3),
-    }
-
-
-def leak_static_json(lk: Leak) -> dict:
-    """The fields of a leak object that change only with the leak's version."""
+    """A leak object, as a dict: the reference that leak_line() must equal."""
     c = lk.creator
-    cgroup = lk.cgroups.get(lk.pid)
+    cgroup = lk.proc(lk.pid).cgroup
+    conn_age = _conn_age(lk, s.now_ns)
     return {
         "type": "leak",
         **_identity(lk),
         "holders": [
-            {"pid": h.pid, "comm": printable(lk.comms.get(h.pid, "?")), "fd": h.fd}
-            for h in lk.holders
+            {"pid": h.pid, "comm": printable(lk.proc(h.pid).comm), "fd": h.fd} for h in lk.holders
         ],
         "netns": lk.netns,
         "age_exact": lk.age_exact,
@@ -615,7 +581,51 @@ def leak_static_json(lk: Leak) -> dict:
             "accepted": c.accepted,
         },
         "opener_holds": lk.opener_holds,
+        "age_s": round(lk.age_s(s.now_ns), 3),
+        "conn_age_s": None if conn_age is None else round(conn_age, 3),
+        "ts": round(s.wall, 3),
     }
+
+
+@functools.lru_cache(maxsize=8192)
+def _jstr(text: str | None) -> str:
+    """A JSON string literal (escaped for the terminal first), or null; cached
+    because the same process names and cgroups recur in every leak."""
+    return "null" if text is None else encode_basestring(printable(text))
+
+
+_JBOOL = {True: "true", False: "false", None: "null"}
+
+
+def leak_line(lk: Leak, now_ns: int, ts: str) -> str:
+    """One leak object as a JSON line, assembled directly: json.dumps of a dict
+    costs several times more, and a report may carry 100,000 of them.
+    tests/test_render.py checks it against leak_json()."""
+    t, c, pid = lk.tuple, lk.creator, lk.pid
+    proc = lk.proc(pid)
+    holders = ",".join(
+        f'{{"pid":{h.pid},"comm":{_jstr(lk.proc(h.pid).comm)},"fd":{h.fd}}}' for h in lk.holders
+    )
+    if c is None:
+        opened = "null"
+    else:
+        opened = (
+            f'{{"pid":{c.tgid or "null"},"tid":{c.tid or "null"},'
+            f'"comm":{_jstr(c.comm or None)},"accepted":{_JBOOL[c.accepted]}}}'
+        )
+    conn_age = _conn_age(lk, now_ns)
+    return (
+        f'{{"type":"leak","pid":{pid},"comm":{_jstr(proc.comm)},"fd":{lk.fds[0]},'
+        f'"fds":[{",".join(map(str, lk.fds))}],"inode":{lk.inode},'
+        f'"family":"{"ipv6" if t.family == socket.AF_INET6 else "ipv4"}",'
+        f'"local":"{lk.local}","remote":"{lk.remote}","holders":[{holders}],'
+        f'"netns":{lk.netns},"age_exact":{_JBOOL[lk.age_exact]},'
+        f'"preexisting":{_JBOOL[lk.preexisting]},"recv_q":{lk.recv_q},"uid":{lk.uid},'
+        f'"cgroup":{_jstr(proc.cgroup)},"container":{_jstr(container_of(proc.cgroup))},'
+        f'"opened_by":{opened},"opener_holds":{_JBOOL[lk.opener_holds]},'
+        f'"age_s":{round(max(0, now_ns - lk.fin_ns) / NS_PER_S, 3)!r},'
+        f'"conn_age_s":{"null" if conn_age is None else repr(round(conn_age, 3))},"ts":{ts}}}'
+    )
 
 
 def _dumps(obj: dict) -> str:

@@ -25,6 +25,7 @@ class WatchRequest:
     min_age_s: float
     duration_s: float | None
     json_lines: bool
+    rows: int | None = None  # leak rows per table report (None: all)
     max_sockets: int = 65536
     max_conns: int = 65536
     buffer_pages: int = 64
@@ -70,6 +71,6 @@ def run_watch(req: WatchRequest) -> None:
                 "Ctrl-C for the final report"
             )
             options = WatchOptions(req.interval_s, req.min_age_s, req.duration_s)
-            run(watcher, options, Output(req.json_lines), stop)
+            run(watcher, options, Output(req.json_lines, rows=req.rows), stop)
         finally:
             watcher.close()

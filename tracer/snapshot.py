@@ -51,7 +51,7 @@ def take(targets: Targets, min_age_s: float = 0.0) -> Snapshot:
         for inode, hs in procfs.holders_of(procfs.all_pids(), unreadable).items()
         if inode in in_cw
     }
-    comms, cgroups = process_facts(h.pid for hs in holders.values() for h in hs)
+    procs = process_facts(h.pid for hs in holders.values() for h in hs)
     now = time.monotonic_ns()
     tracker = LeakTracker(min_age_s, attach_ns=now)
     changes = tracker.update(
@@ -60,10 +60,9 @@ def take(targets: Targets, min_age_s: float = 0.0) -> Snapshot:
             kernel={},
             diag=dump.diag,
             holders=holders,
-            comms=comms,
+            procs=procs,
             queried_netns=dump.queried,
             targets=None if targets.all_processes else frozenset(poll.pids),
-            cgroups=cgroups,
             holders_complete=not unreadable,
         ),
         lambda _leak: [],
@@ -93,12 +92,12 @@ def rank_processes(snap: Snapshot) -> list[ProcessRank]:
         ranks.append(
             ProcessRank(
                 pid=pid,
-                comm=any_leak.comms.get(pid, "?"),
+                comm=any_leak.proc(pid).comm,
                 leaks=len(leaks),
                 oldest_s=max(lk.age_s(snap.now_ns) for lk in leaks),
                 open_fds=procfs.open_fd_count(pid),
                 fd_limit=procfs.fd_limit(pid),
-                container=container_of(any_leak.cgroups.get(pid)),
+                container=container_of(any_leak.proc(pid).cgroup),
             )
         )
     return sorted(ranks, key=lambda r: (-r.leaks, -r.oldest_s, r.pid))

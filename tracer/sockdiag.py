@@ -16,12 +16,10 @@ one tcp_info field takes a few microseconds.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
@@ -62,6 +60,21 @@ def _field_offset(fields: tuple, name: str) -> int:
 _LAST_ACK_RECV_OFF = _field_offset(_TCPI_FIELDS, "tcpi_last_ack_recv")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+_addresses: dict[bytes, str] = {}
+
+
+def _address(family: int, raw: bytes) -> str:
+    """inet_ntop, memoized: thousands of leaked sockets share a few addresses,
+    and sharing one string per address saves both time and memory."""
+    key = raw if family == socket.AF_INET6 else raw[:4]
+    text = _addresses.get(key)
+    if text is None:
+        if len(_addresses) > 65536:
+            _addresses.clear()
+        text = _addresses[key] = socket.inet_ntop(family, key)
+    return text
 
 
 class NetnsUnavailable(Exception):
@@ -109,7 +122,7 @@ def _new_socket() -> socket.socket:
     return s
 
 
-def _request(family: int, states: int, seq: int) -> bytes:
+def _request(family: int, states: int, seq: int, with_info: bool = True) -> bytes:
     req = inet_diag_req()
     req["header"] = {
         "type": SOCK_DIAG_BY_FAMILY,
@@ -119,7 +132,7 @@ def _request(family: int, states: int, seq: int) -> bytes:
     req["sdiag_family"] = family
     req["sdiag_protocol"] = socket.IPPROTO_TCP
     req["idiag_states"] = states
-    req["idiag_ext"] = 1 << (INET_DIAG_INFO - 1)
+    req["idiag_ext"] = 1 << (INET_DIAG_INFO - 1) if with_info else 0
     req.encode()
     return bytes(req.data)
 
@@ -137,51 +150,65 @@ class DiagClient:
         self._known: dict[int, DiagSock] = {}
         self._seen: dict[int, DiagSock] = {}
         self._now_ns = 0
+        self._dumped = False
 
     def close(self) -> None:
         self._sock.close()
 
     def close_wait(self) -> list[DiagSock]:
+        """Every TCP socket in CLOSE_WAIT in this namespace.
+
+        The first dump asks for tcp_info, to estimate the FIN time of sockets
+        already in CLOSE_WAIT. Later dumps do not: a socket that appears later
+        either has an exact FIN time in the kernel map, or gets "first seen"
+        as its estimate (a lower bound on its age). That makes the replies
+        about a third of the size: 12 MB instead of 41 MB per refresh with
+        100,000 leaked sockets.
+        """
         self._seen = {}
         self._now_ns = time.monotonic_ns()
         out: list[DiagSock] = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            out.extend(self._dump(family, 1 << TCP_CLOSE_WAIT))
+            self._dump(family, 1 << TCP_CLOSE_WAIT, with_info=not self._dumped, out=out)
         self._known = self._seen
+        self._dumped = True
         return out
 
-    def _dump(self, family: int, states: int) -> Iterator[DiagSock]:
+    def _dump(self, family: int, states: int, with_info: bool, out: list[DiagSock]) -> None:
         self._seq += 1
-        self._sock.send(_request(family, states, self._seq))
+        self._sock.send(_request(family, states, self._seq, with_info))
         view = memoryview(self._buf)
+        # The hot loop of a refresh (one pass per socket in CLOSE_WAIT): a
+        # socket seen in the previous dump (same cookie, never reused) costs
+        # one small unpack; only new ones are parsed in full.
+        known, seen, seq = self._known, self._seen, self._seq
+        header, known_fields = _NLMSGHDR.unpack_from, _DIAG_KNOWN.unpack_from
+        hsize, koff = _NLMSGHDR.size, _NLMSGHDR.size + _DIAG_KNOWN_OFFSET
         while True:
             n = self._sock.recv_into(self._buf)
             off = 0
-            while off + _NLMSGHDR.size <= n:
-                length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(view, off)
-                if length < _NLMSGHDR.size:
+            while off + hsize <= n:
+                length, mtype, _flags, mseq, _pid = header(view, off)
+                if length < hsize:
                     return
-                if seq == self._seq:
-                    if mtype == NLMSG_DONE:
+                if mseq == seq:
+                    if mtype == SOCK_DIAG_BY_FAMILY:
+                        cookie, rqueue, inode = known_fields(view, off + koff)
+                        d = known.get(cookie)
+                        if d is None or d.inode != inode:
+                            d = self._parse(view, off + hsize, off + length)
+                        elif d.recv_q != (rqueue - 1 if rqueue else 0):
+                            d = d._replace(recv_q=rqueue - 1 if rqueue else 0)
+                        seen[cookie] = d
+                        out.append(d)
+                    elif mtype == NLMSG_DONE:
                         return
-                    if mtype == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", view, off + _NLMSGHDR.size)
+                    elif mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", view, off + hsize)
                         if code == 0:
                             return
                         raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
-                    if mtype == SOCK_DIAG_BY_FAMILY:
-                        yield self._parse_or_reuse(view, off + _NLMSGHDR.size, off + length)
                 off += (length + 3) & ~3
-
-    def _parse_or_reuse(self, view: memoryview, start: int, end: int) -> DiagSock:
-        cookie, rqueue, inode = _DIAG_KNOWN.unpack_from(view, start + _DIAG_KNOWN_OFFSET)
-        known = self._known.get(cookie)
-        if known is None or known.inode != inode:
-            known = self._parse(view, start, end)
-        elif known.recv_q != max(0, rqueue - 1):
-            known = dataclasses.replace(known, recv_q=max(0, rqueue - 1))
-        self._seen[cookie] = known
-        return known
 
     def _parse(self, view: memoryview, start: int, end: int) -> DiagSock:
         (
@@ -212,17 +239,16 @@ class DiagClient:
                     "=I", view, off + _NLATTR.size + _LAST_ACK_RECV_OFF
                 )
             off += (alen + 3) & ~3
-        size = 4 if family == socket.AF_INET else 16
         t = SockTuple(
             family,
-            socket.inet_ntop(family, bytes(src[:size])),
+            _address(family, src),
             int.from_bytes(sport, "big"),
-            socket.inet_ntop(family, bytes(dst[:size])),
+            _address(family, dst),
             int.from_bytes(dport, "big"),
         )
         # rqueue is rcv_nxt - copied_seq; the FIN occupies one sequence
         # number, so a socket that received only the FIN shows 1.
-        est_fin = None if last_ack is None else self._now_ns - last_ack * 1_000_000
+        est_fin = self._now_ns if last_ack is None else self._now_ns - last_ack * 1_000_000
         return DiagSock(self.netns, t, inode, uid, max(0, rqueue - 1), est_fin)
 
 

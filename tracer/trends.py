@@ -156,19 +156,22 @@ class GroupStarts:
         """Current groups, biggest first."""
         members: dict[tuple[str, str], list[Leak]] = {}
         for lk in leaks:
-            members.setdefault(group_key(lk, self.port_range), []).append(lk)
+            key = lk.group
+            if key is None:  # a leak's group never changes: computed once
+                key = lk.group = group_key(lk, self.port_range)
+            members.setdefault(key, []).append(lk)
         minutes = (now_ns - self.attach_ns) / NS_PER_S / 60
         out = []
         for key, lks in members.items():
-            ages = [lk.age_s(now_ns) for lk in lks]
+            fins = [lk.fin_ns for lk in lks]
             openers = [lk.creator.comm for lk in lks if lk.creator and not lk.creator.accepted]
             out.append(
                 Group(
                     side=key[0],
                     endpoint=key[1],
                     leaks=len(lks),
-                    oldest_s=max(ages),
-                    newest_s=min(ages),
+                    oldest_s=max(0, now_ns - min(fins)) / NS_PER_S,
+                    newest_s=max(0, now_ns - max(fins)) / NS_PER_S,
                     per_min=self.started[key] / minutes if minutes > 0 else None,
                     opened_by=thread_pattern(openers) if openers else "-",
                 )

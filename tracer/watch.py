@@ -36,6 +36,9 @@ from tracer.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
 # each; a full scan of the targets' fds happens when there are new candidate
 # sockets, and at least this often, to notice new holders (dup, fork).
 FULL_SCAN_EVERY_S = 30.0
+# Open-fd counts (for the fd-limit forecast) are refreshed at most this often.
+OPEN_FDS_EVERY_S = 10.0
+OPEN_FDS_CHEAP = 1024  # below this many fds, counting is cheap enough every time
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,11 @@ class Watcher:
         self.unheld = 0  # sockets in CLOSE_WAIT no process holds (with --all)
         self._reported: set[str] = set()  # problems already shown once
         self.notices: list[str] = []
-        self._fd_watched: dict[tuple[int, int], int] = {}  # (pid, fd) -> inode, in the kernel
+        self._fd_watched: dict[int, set[int]] = {}  # pid -> fds marked in the kernel
         self.fds = FdIndex()
         self._events_lost = 0
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
+        self._fd_counts: dict[int, tuple[int, int | None]] = {}  # pid -> (when, open fds)
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         if not targets.all_processes:
             self._set_kernel_targets()
@@ -128,23 +132,24 @@ class Watcher:
         else:
             # Nothing new to attribute: the last scan, as kept up to date by
             # fd-drop events, minus processes that are gone.
-            holders = self.fds.holders(in_cw, set(poll.pids) | self._descendants_seen())
-        comms, cgroups = process_facts(h.pid for hs in holders.values() for h in hs)
+            self.fds.keep_only(set(poll.pids) | self._descendants_seen())
+            holders = self.fds.holders(in_cw)
+        procs = process_facts(h.pid for hs in holders.values() for h in hs)
 
         obs = Observation(
             now_ns=now,
             kernel=kernel,
             diag=dump.diag,
             holders=holders,
-            comms=comms,
+            procs=procs,
             events=self._poll_events(0),
             queried_netns=dump.queried,
             exited=set(self.targets.exited),
             targets=targets,
-            cgroups=cgroups,
             holders_complete=self.targets.all_processes,
         )
         changes = self.tracker.update(obs, _still_holding)
+        self.tracker.prune_procs()
         self.unheld = changes.unheld
         self._sync_kernel(changes)
         self._sample_counts(now, poll.exited_now)
@@ -162,10 +167,7 @@ class Watcher:
 
     def _trusted_fds(self) -> dict[int, set[int]]:
         """Fds the kernel reports drops of: (pid, fd) pairs in watched_fds."""
-        out: dict[int, set[int]] = {}
-        for pid, fd in self._fd_watched:
-            out.setdefault(pid, set()).add(fd)
-        return out
+        return self._fd_watched
 
     def _descendants_seen(self) -> set[int]:
         """Non-target processes of the last scan (descendants), if still alive."""
@@ -216,30 +218,37 @@ class Watcher:
             return
         self.tracker.holders_changed = False
         targets = self.tracker.targets
-        want = {
-            (h.pid, h.fd): leak.inode
-            for leak in self.tracker.leaks.values()
-            for h in leak.holders
-            if targets is None or h.pid in targets
-        }
-        for key in self._fd_watched.keys() - want.keys():
-            self.probe.unwatch_fd(*key)
-            del self._fd_watched[key]
-        for key in want.keys() - self._fd_watched.keys():
-            if self.probe.watch_fd(key[0], key[1], want[key]):
-                self._fd_watched[key] = want[key]
+        want: dict[int, dict[int, int]] = {}  # pid -> fd -> inode
+        for leak in self.tracker.leaks.values():
+            for h in leak.holders:
+                if targets is None or h.pid in targets:
+                    want.setdefault(h.pid, {})[h.fd] = leak.inode
+        for pid, fds in list(self._fd_watched.items()):
+            for fd in fds - want.get(pid, {}).keys():
+                self.probe.unwatch_fd(pid, fd)
+                fds.discard(fd)
+            if not fds:
+                del self._fd_watched[pid]
+        for pid, fds in want.items():
+            have = self._fd_watched.setdefault(pid, set())
+            for fd in fds.keys() - have:
+                if self.probe.watch_fd(pid, fd, fds[fd]):
+                    have.add(fd)
 
     def process_trends(self) -> list[ProcessTrend]:
         """Per watched process: open fds, fd limit, leak rate, time to the limit."""
         out = []
+        leaks_of: dict[int, int] = {}
+        for leak in self.tracker.leaks.values():
+            leaks_of[leak.pid] = leaks_of.get(leak.pid, 0) + 1
         for pid, hist in sorted(self.history.items()):
             rate = hist.rate()
-            open_fds, fd_limit = procfs.open_fd_count(pid), procfs.fd_limit(pid)
+            open_fds, fd_limit = self._open_fds(pid), procfs.fd_limit(pid)
             out.append(
                 ProcessTrend(
                     pid=pid,
                     comm=self.targets.comms.get(pid) or _comm_or(pid, "?"),
-                    leaks=sum(1 for lk in self.tracker.leaks.values() if lk.pid == pid),
+                    leaks=leaks_of.get(pid, 0),
                     open_fds=open_fds,
                     fd_limit=fd_limit,
                     rate=rate,
@@ -247,6 +256,19 @@ class Watcher:
                 )
             )
         return out
+
+    def _open_fds(self, pid: int) -> int | None:
+        """Open fds of pid. A process with thousands is counted again at most
+        every OPEN_FDS_EVERY_S: a listdir of 20,000 fds per report adds up."""
+        now = self.clock()
+        cached = self._fd_counts.get(pid)
+        if (
+            cached is None
+            or (cached[1] or 0) < OPEN_FDS_CHEAP
+            or now - cached[0] > OPEN_FDS_EVERY_S * NS_PER_S
+        ):
+            cached = self._fd_counts[pid] = (now, procfs.open_fd_count(pid))
+        return cached[1]
 
     def summary(self, wall: float, final: bool = False) -> Summary:
         """Totals for a report; counts what changed since the previous one."""
