@@ -1,0 +1,1 @@
+"""closewait's benchmark suite: run it with bench/run (see README.md, "Benchmarks")."""

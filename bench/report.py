@@ -1,0 +1,367 @@
+"""Turn the results into text tables and a verdict per target. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+VARIANTS = ("client-first", "server-first")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> list[str]:
+    """Fixed-width text; the first `left` columns left-aligned, the rest right-aligned."""
+    cells = [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ).rstrip()
+
+    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in cells)]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _pct(x: float | None, nd: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{nd}f}%"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _mem(m: dict | None) -> str:
+    if not m or "VmRSS" not in m:
+        return "-"
+    return f"{m['VmRSS']:.0f} ({m.get('RssAnon', 0):.0f}/{m.get('RssFile', 0):.0f})"
+
+
+def churn_table(churn: dict) -> list[str]:
+    headers = ["condition"]
+    for v in VARIANTS:
+        headers += [f"{v} tx/s", "ratio", "cpu/tx", "ns/event"]
+    headers += ["tracer cpu%", "RSS MB (anon/file)", "events lost", "ready s"]
+    rows = []
+    for name, c in churn["conditions"].items():
+        row: list[object] = [name]
+        mem = None
+        for v in VARIANTS:
+            e = c["variants"].get(v, {})
+            row += [
+                _num(e.get("tps_median"), ".0f"),
+                _pct(e.get("ratio_median")),
+                _pct(e.get("cpu_ratio_median")),
+                _num(e.get("cpu_ns_per_event"), ".0f"),
+            ]
+            mem = mem or e.get("tracer_memory_mb")
+        lost = c.get("events_lost")
+        frac = c.get("events_lost_fraction")
+        lost_text = "-" if lost is None else str(lost)
+        if frac is not None:
+            lost_text += f" ({_pct(frac)})"
+        row += [
+            _num(c.get("tracer_cpu_pct_median"), ".2f"),
+            _mem(mem),
+            lost_text,
+            _num(c.get("ready_s_median"), ".2f"),
+        ]
+        rows.append(row)
+    w = churn["workload"]
+    rep = churn.get("baseline_repeatability", {})
+    noise = (
+        ", ".join(
+            f"{v} {_pct(x['median_deviation'])} (max {_pct(x['max_deviation'])})"
+            for v, x in rep.items()
+        )
+        or "-"
+    )
+    head = [
+        f"1. Connection churn: {w['generator']}, {w['concurrency']} connections in flight,",
+        f"   median of {w.get('rounds_run', w['rounds'])} round(s) x {w['window_s']}s windows;"
+        " ratio = tx/s over the"
+        + (" mean of the baselines just before and after;" if w.get("bracketed") else " baseline;"),
+        "   cpu/tx = the same ratio in CPU per transaction (loadgen + ksoftirqd + tracer);"
+        " ns/event = extra CPU per tracepoint hit"
+        f" ({_num(churn.get('events_per_transaction'), '.1f')} hits per transaction);",
+        "   tracer cpu% = the tracer's process (user+sys) over its sessions, in % of one core;"
+        " events lost over all sessions (% of events for printing tracers);"
+        " ready = launch to attached",
+        f"   noise: neighbouring baselines differed by (median, max): {noise}; measurements left"
+        f" out as noisy (baselines around them > 5% apart, another BPF tracing program"
+        f" loaded, or other processes' leaks seen by --all): {_noisy(churn)}",
+    ]
+    return [*head, *table(headers, rows)]
+
+
+def _noisy(churn: dict) -> str:
+    noisy = used = 0
+    for c in churn["conditions"].values():
+        for e in c["variants"].values():
+            noisy += e.get("samples_noisy", 0)
+            used += e.get("samples_used", 0)
+    return f"{noisy} of {noisy + used}" if noisy <= used else f"{noisy} (all kept: no clean one)"
+
+
+def scale_table(scale: dict) -> list[str]:
+    headers = [
+        "leaks",
+        "procs",
+        "snapshot s",
+        "attached s",
+        "complete report s",
+        "cpu/refresh s",
+        "RSS MB (anon/file)",
+        "end: lines/closer named",
+        "events lost",
+    ]
+    rows = []
+    for c in scale["cases"]:
+        w = c.get("watch", {})
+        snap = c.get("snapshot", {})
+        snap_text = (
+            _num(snap.get("wall_s_median"), ".2f")
+            if snap.get("available")
+            else "n/a (no snapshot command)"
+        )
+        if snap.get("error"):
+            snap_text = "error"
+        end = w.get("end_burst", {})
+        rows.append(
+            [
+                c["leaks"],
+                c["processes"],
+                snap_text,
+                _num(w.get("launch_to_attached_s"), ".2f"),
+                _num(w.get("launch_to_complete_report_s"), ".2f"),
+                _num(w.get("cpu_per_refresh_s"), ".3f"),
+                _mem(w.get("memory_mb")),
+                f"{end.get('ended_lines', '-')}/{end.get('closer_named', '-')}",
+                _num(w.get("events_lost"), "d"),
+            ]
+        )
+    head = [
+        f"2. Leaks at scale: closewait watch --pid <each leaking process> --interval"
+        f" {scale['interval_s']}s --min-age {scale['min_age_s']}s --max-sockets"
+        f" {scale['max_sockets']}; snapshot --pid <each> --json"
+    ]
+    return [*head, *table(headers, rows, left=0)]
+
+
+def startup_lines(s: dict) -> list[str]:
+    lines = ["3. Start-up (median of each):"]
+    for x in s.values():
+        if not isinstance(x, dict) or "command" not in x:
+            continue
+        lines.append(
+            f"   {x['command']}: launch -> attached"
+            f" {_num(x['launch_to_attached_s_median'], '.2f')} s"
+            f" (closewait's own figure {_num(x['attached_in_s_median'], '.2f')} s),"
+            f" -> first report {_num(x['launch_to_first_report_s_median'], '.2f')} s"
+            f" ({x.get('first_report_leaks')} leaks on the host in it);"
+            f" RSS {_mem(x.get('idle_memory_mb'))} MB"
+        )
+    return lines
+
+
+def detection_lines(d: dict) -> list[str]:
+    return [
+        f"4. Detection latency (--min-age {d['min_age_s']}s --interval {d['interval_s']}s,"
+        f" bound {d['bound_s']:.1f} s, target {d['target_s']:.1f} s): FIN -> first leak line"
+        f" median {_num(d['latency_s_median'], '.2f')} s, max {_num(d['latency_s_max'], '.2f')} s"
+        f" ({d['detected']}/{d['leaks']} detected); close -> ENDED line"
+        f" median {_num(d['close_to_ended_s_median'], '.3f')} s,"
+        f" max {_num(d['close_to_ended_s_max'], '.3f')} s",
+    ]
+
+
+# -- targets -------------------------------------------------------------------
+
+
+def _variant(churn: dict, cond: str, v: str) -> dict:
+    return churn.get("conditions", {}).get(cond, {}).get("variants", {}).get(v, {})
+
+
+def _target(tid: str, text: str, met: bool | None, measured: str) -> dict:
+    return {"id": tid, "target": text, "met": met, "measured": measured}
+
+
+def _noise(churn: dict, v: str) -> float | None:
+    """How far apart two baselines of the same round were (worst case)."""
+    return churn.get("baseline_repeatability", {}).get(v, {}).get("median_deviation")
+
+
+def targets(results: dict) -> list[dict]:
+    out = []
+    churn = results.get("churn") or {}
+    for v in VARIANTS if "conditions" in churn else ():
+        cw = _variant(churn, "closewait-all", v)
+        r = cw.get("ratio_median")
+        out.append(
+            _target(
+                f"churn-95-{v}",
+                f"watch --all keeps >= 95% of baseline throughput ({v})",
+                None if r is None else r >= 0.95,
+                f"{_pct(r)} (CPU per transaction: {_pct(cw.get('cpu_ratio_median'))})",
+            )
+        )
+        fl = _variant(churn, "floor-map", v).get("ratio_median")
+        out.append(
+            _target(
+                f"churn-floor-{v}",
+                f"watch --all at most 2 points below the map-only floor ({v})",
+                None if r is None or fl is None else r >= fl - 0.02,
+                f"{_pct(r)} vs floor {_pct(fl)} ({_pts(r, fl)})",
+            )
+        )
+        noise = _noise(churn, v)
+        for other in ("tcpstates", "bpftrace-print", "bpftrace-count"):
+            o = _variant(churn, other, v).get("ratio_median")
+            if o is None:
+                continue
+            met = None if r is None else r > o
+            text = f"{_pct(r)} vs {_pct(o)}"
+            if met is not None and noise is not None and abs(r - o) <= noise:
+                # Closer than two baselines of the same round: not a result.
+                met = None
+                text += f": within the noise (neighbouring baselines differ by {_pct(noise)})"
+            out.append(
+                _target(
+                    f"churn-vs-{other}-{v}", f"watch --all costs less than {other} ({v})", met, text
+                )
+            )
+    cpus = []
+    for cond in ("closewait-all", "closewait-pid-server", "closewait-pid-client"):
+        c = churn.get("conditions", {}).get(cond, {})
+        if c.get("tracer_cpu_pct_median") is not None:
+            slowest = min((e.get("tps_median") or 0) for e in c["variants"].values())
+            cpus.append((c["tracer_cpu_pct_median"], slowest, cond))
+    if cpus:
+        worst = max(cpus)
+        fast = all(tps >= 10_000 for _, tps, _ in cpus)
+        out.append(
+            _target(
+                "tracer-cpu-2pct",
+                "closewait's process uses <= 2% of one core under >= 10,000 conn/s of churn",
+                worst[0] <= 2.0 if fast else None,
+                f"worst {worst[0]:.2f}% ({worst[2]}, at >= {worst[1]:.0f} tx/s)"
+                + ("" if fast else "; churn was below 10,000/s: not conclusive"),
+            )
+        )
+    lost = []
+    for cond, c in churn.get("conditions", {}).items():
+        for s in c.get("closewait_sessions", []):
+            lost.append((s.get("events_lost") or 0, cond))
+    scale = results.get("scale") or {}
+    for case in scale.get("cases", []):
+        end = case.get("watch", {}).get("end_burst")
+        if end:
+            lost.append((end.get("events_lost") or 0, f"{case['leaks']} leaks ending at once"))
+    if lost:
+        total = sum(n for n, _ in lost)
+        where = ", ".join(f"{n} in {w}" for n, w in lost if n)
+        out.append(
+            _target(
+                "no-lost-events",
+                "zero lost events about suspects (churn sessions, mass end of leaks)",
+                total == 0,
+                f"{total} lost" + (f" ({where})" if where else ""),
+            )
+        )
+    big = [c for c in scale.get("cases", []) if c["leaks"] >= 100_000]
+    for c in big:
+        w = c.get("watch", {})
+        cpu = w.get("cpu_per_refresh_s")
+        out.append(
+            _target(
+                "scale-refresh-cpu",
+                f"{c['leaks']} leaks: refresh <= 0.5 s CPU",
+                None if cpu is None else cpu <= 0.5,
+                _num(cpu, ".3f") + " s",
+            )
+        )
+        rss = (w.get("memory_mb") or {}).get("VmRSS")
+        out.append(
+            _target(
+                "scale-rss",
+                f"{c['leaks']} leaks: RSS <= 200 MB",
+                None if rss is None else rss <= 200,
+                f"{_mem(w.get('memory_mb'))} MB",
+            )
+        )
+        snap = c.get("snapshot", {})
+        wall = snap.get("wall_s_median")
+        out.append(
+            _target(
+                "scale-snapshot",
+                f"{c['leaks']} leaks: snapshot <= 2 s",
+                None if wall is None else wall <= 2.0,
+                "not available (no `closewait snapshot`)"
+                if not snap.get("available")
+                else _num(wall, ".2f") + " s",
+            )
+        )
+    if not big and scale.get("cases"):
+        out.append(
+            _target("scale-100k", "100,000 leaks (refresh CPU, RSS, snapshot)", None, "not run")
+        )
+    det = results.get("detection")
+    if det:
+        mx = det.get("latency_s_max")
+        out.append(
+            _target(
+                "detection-latency",
+                "detection latency <= min-age + interval + 0.5 s",
+                None if mx is None else (mx <= det["target_s"] and det["detected"] == det["leaks"]),
+                f"max {_num(mx, '.2f')} s vs {det['target_s']:.1f} s"
+                f" ({det['detected']}/{det['leaks']} detected)",
+            )
+        )
+    return out
+
+
+def _pts(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "-"
+    return f"{100 * (a - b):+.1f} points"
+
+
+def targets_lines(ts: list[dict]) -> list[str]:
+    mark = {True: "MET   ", False: "MISSED", None: "n/a   "}
+    return ["Targets:", *(f"  [{mark[t['met']]}] {t['target']}: {t['measured']}" for t in ts)]
+
+
+def render(results: dict) -> list[str]:
+    m = results["machine"]
+    lines = [
+        f"closewait benchmarks ({results['mode']}), {m['date']}: {m['cpus']} CPUs"
+        f" ({m.get('cpu_model') or '?'}), {m.get('memory_gib')} GiB, kernel {m['kernel']},"
+        f" {m.get('distro') or ''}; "
+        + (
+            f"closewait run as: {m['closewait_command']}"
+            if m.get("closewait_command")
+            else f"closewait {m.get('closewait_commit')}"
+            + (" (modified tree)" if m.get("closewait_tree_modified") else "")
+        ),
+        "",
+    ]
+    for key, fn in (
+        ("churn", churn_table),
+        ("scale", scale_table),
+        ("startup", startup_lines),
+        ("detection", detection_lines),
+    ):
+        section = results.get(key)
+        if section is None:
+            continue
+        if "error" in section:
+            lines += [f"{key}: FAILED: {section['error']}", ""]
+            continue
+        lines += [*fn(section), ""]
+    lines += targets_lines(results.get("targets", []))
+    return lines
