@@ -66,25 +66,26 @@ struct cw_fd_drop {
 
 /* Sent to user space when a watched socket leaves CLOSE_WAIT
  * (CW_EV_LEFT_CLOSE_WAIT), or when a target drops a watched fd
- * (CW_EV_FD_DROP: skaddr, fin_ns, t and states are zero). */
+ * (CW_EV_FD_DROP: skaddr and states are zero).
+ * Records are 48 bytes (56 in the ring buffer) and carry the tuple only for
+ * sockets that were in CLOSE_WAIT before attach (CW_SRC_PREEXIST), which
+ * user space knows by tuple: the buffer is sized for every watched socket
+ * to end at once, so every byte here costs max_sockets bytes there. */
 struct cw_event {
-    u32 kind;
-    u32 pad0;
     u64 ts;
     u64 skaddr;
-    u64 fin_ns; /* 0 for sockets already in CLOSE_WAIT at attach */
-    struct cw_tuple t;
-    u32 tgid; /* current task: meaningful only in process context */
+    u32 kind;
+    u32 tgid; /* the current task: the closer in process context */
     u32 tid;
-    char comm[16];
     u32 drop_kind; /* CW_DROP_NONE: no recent fd drop in this thread */
     u32 fd_lo;
     u32 fd_hi;
     u16 oldstate;
     u16 newstate;
     u32 source; /* CW_SRC_* */
-    u32 pad;
+    struct cw_tuple t; /* last: sent only with CW_SRC_PREEXIST */
 };
+#define CW_EVENT_SHORT offsetof(struct cw_event, t)
 
 /* Sockets in CLOSE_WAIT, keyed by the socket's kernel address.
  * A plain hash, deliberately not LRU: an LRU would evict the entries touched
@@ -243,11 +244,15 @@ static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
 
 static __always_inline int emit(void *ctx, struct cw_event *e)
 {
+    /* A constant size per branch: the verifier wants a known length. */
 #ifdef CW_USE_RINGBUF
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0) {
+    int err = e->source == CW_SRC_PREEXIST ? events.ringbuf_output(e, sizeof(*e), 0)
+                                           : events.ringbuf_output(e, CW_EVENT_SHORT, 0);
 #else
-    if (events.perf_submit(ctx, e, sizeof(*e)) != 0) {
+    int err = e->source == CW_SRC_PREEXIST ? events.perf_submit(ctx, e, sizeof(*e))
+                                           : events.perf_submit(ctx, e, CW_EVENT_SHORT);
 #endif
+    if (err != 0) {
         stat_add(CW_STAT_EVENTS_LOST);
         return -1;
     }
@@ -255,14 +260,14 @@ static __always_inline int emit(void *ctx, struct cw_event *e)
     return 0;
 }
 
-/* Who and when: the current task, as the event's author. */
+/* Who and when: the current task, as the event's author. (User space
+ * reads the thread's name from /proc, which keeps records small.) */
 static __always_inline void event_task(struct cw_event *e, u32 kind, u64 ts, u64 pid_tgid)
 {
     e->kind = kind;
     e->ts = ts;
     e->tgid = pid_tgid >> 32;
     e->tid = (u32)pid_tgid;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
 static __always_inline int is_target(u32 tgid)
@@ -326,6 +331,7 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
 {
     struct cw_event e = {};
     struct cw_fd_drop drop = {};
+    /* (the event's tuple is filled only on the pre-existing path) */
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u32 tid = (u32)id;
@@ -335,10 +341,15 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
 
     stat_add(CW_STAT_CW_LEFT);
     if (s) {
-        e.fin_ns = s->fin_ns;
-        e.t = s->t; /* copied before the delete, for the same reason */
-        if (dropped && is_target(tgid))
-            record_latency(tgid, s, now - s->fin_ns);
+        u64 fin_ns = s->fin_ns;
+        /* -> LAST_ACK is set only by tcp_close() and tcp_shutdown(), in the
+         * task that called them: a close by the current task even when the
+         * close-family syscall probes are not attached (they are attached
+         * only while leaks are watched: enabling any syscall tracepoint
+         * slows every syscall of every task). -> CLOSE is also what an RST
+         * from the peer does, in softirq: counted only after an fd drop. */
+        if ((newstate == CW_TCP_LAST_ACK || dropped) && is_target(tgid))
+            record_latency(tgid, s, now - fin_ns);
         closewait.delete(&sk);
         u64 *judged = watched.lookup(&sk);
         if (!judged)
@@ -347,7 +358,7 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
          * at once. */
         u64 judged_fin = *judged;
         watched.delete(&sk);
-        if (judged_fin != e.fin_ns)
+        if (judged_fin != fin_ns)
             return; /* judged an earlier socket at the same address */
         e.source = CW_SRC_MAP;
     } else {

@@ -42,21 +42,13 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
         "how",
     ]
     ev = names(b[b"event_layout"].Leaf)
-    wanted = [
-        "ts",
-        "skaddr",
-        "fin_ns",
-        "t",
-        "tgid",
-        "tid",
-        "comm",
-        "drop_kind",
-        "fd_lo",
-        "fd_hi",
-        "newstate",
-        "source",
-    ]
-    assert set(wanted) <= set(ev)
+    wanted = "ts skaddr kind tgid tid drop_kind fd_lo fd_hi oldstate newstate source t"
+    assert ev == wanted.split(), "the tuple must stay last: short records stop before it"
+    from tracer.kernel_probe import EVENT_RECORD_BYTES
+
+    event = b[b"event_layout"].Leaf
+    assert event.t.offset + 8 == EVENT_RECORD_BYTES  # short record + ring buffer header
+    assert ctypes.sizeof(event) == event.t.offset + 40
 
 
 @pytest.mark.bpf

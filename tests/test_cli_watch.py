@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.cli_helpers import LiveCli, run_cli
+from tests.cli_helpers import CLOSEWAIT, ROOT, LiveCli, run_cli
 from tests.conftest import connected_pair
 from tracer import procfs
 
@@ -223,3 +223,19 @@ def test_pid_mode_leaves_other_processes_connections_out_of_the_kernel_map(
     assert cli.finish() == 0
     final = [o for o in cli.json_lines() if o["type"] == "summary"][-1]
     assert final["fins_other_processes"] >= 1 and final["map_full"] == 0
+
+
+def test_a_second_sigterm_aborts_a_stop_stuck_on_a_reader_that_went_away(bpf_ok) -> None:
+    # Nobody reads stdout: after a few reports the pipe is full and the final
+    # report blocks. A second SIGTERM must still end the process.
+    proc = subprocess.Popen(
+        [*CLOSEWAIT, "watch", "--all", "--json", "--interval", "100ms", "--min-age", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) in (0, 130)

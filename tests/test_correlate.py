@@ -76,7 +76,7 @@ def event(
     preexisting: bool = False,
 ) -> LeftCloseWait:
     kind = const(f"CW_DROP_{drop.upper()}") if drop else const("CW_DROP_NONE")
-    return LeftCloseWait(ts, sk, 0 if preexisting else 1, t, tgid, tgid, "worker", kind, fd, fd,
+    return LeftCloseWait(ts, sk, t if preexisting else None, tgid, tgid, "worker", kind, fd, fd,
                          const(newstate), preexisting)  # fmt: skip
 
 
@@ -260,3 +260,10 @@ def test_fd_drop_that_releases_the_socket_is_left_to_its_exit_event() -> None:
     tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
     ch = tr.apply_events([fd_drop(100, 7), event(0xA, T1, 31 * S, 100, "close", fd=7)], nobody)
     assert ch.released_fds == [] and [e.reason for e in ch.ended] == ["closed"]
+
+
+def test_closer_without_a_recorded_drop_is_credited_with_its_only_fd() -> None:
+    tr = tracked()
+    tr.update(obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1)], {1: [Holder(100, 7)]}), nobody)
+    (e,) = tr.apply_events([event(0xA, T1, 25 * S, 100, None)], nobody).ended
+    assert (e.reason, e.by_pid, e.by_fd, e.drop) == ("closed", 100, 7, None)

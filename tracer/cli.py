@@ -80,9 +80,9 @@ def probe_options(f):
     f = click.option(
         "--buffer-pages",
         type=click.IntRange(1, 65536),
-        default=64,
-        show_default=True,
-        help="Event buffer size in pages (a power of two).",
+        default=None,
+        help="Event buffer size in pages, a power of two. Default: room for every "
+        "watched socket to end at once (2 x --max-sockets x 56 bytes; 8 MB).",
     )(f)
     f = click.option("--perf-buffer", is_flag=True, hidden=True, help="Force the perf buffer.")(f)
     f = click.option(
@@ -128,7 +128,7 @@ def watch(
     rows: int,
     max_sockets: int,
     max_conns: int,
-    buffer_pages: int,
+    buffer_pages: int | None,
     perf_buffer: bool,
     ebpf: bool,
 ) -> None:

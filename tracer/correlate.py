@@ -53,7 +53,7 @@ class Observation:
 
     now_ns: int
     kernel: dict[int, KernelSock]
-    diag: list[DiagSock]
+    diag: list[DiagSock] | None  # None: not read this time (nothing new to find)
     holders: dict[int, list[Holder]]  # inode -> target fds holding it
     procs: dict[int, ProcInfo]  # name and cgroup of the holders' processes
     events: list[LeftCloseWait | FdDrop] = field(default_factory=list)
@@ -167,6 +167,8 @@ class LeakTracker:
         self.targets = obs.targets
         self.procs.update(obs.procs)
         ch = self.apply_events(obs.events, still_holding)
+        if obs.diag is None:
+            return ch
         now = obs.now_ns
 
         index = KernelIndex(obs.kernel)
@@ -363,11 +365,17 @@ def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEn
     if ev.tgid not in {h.pid for h in leak.holders}:
         return LeakEnded(leak, ev.ts_ns, "closed", exact=True)
     drop = DROP_NAMES.get(ev.drop_kind)
-    fds = [
-        h.fd
-        for h in leak.holders
-        if drop not in (None, "exit") and h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi
-    ]
+    if drop is None:
+        # No fd drop recorded (the syscall probes attach with the first
+        # leak): the closer's only fd for this socket, if it had one, is it.
+        fds = [h.fd for h in leak.holders if h.pid == ev.tgid]
+        fds = fds if len(fds) == 1 else []
+    else:
+        fds = [
+            h.fd
+            for h in leak.holders
+            if drop != "exit" and h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi
+        ]
     return LeakEnded(
         leak,
         ev.ts_ns,

@@ -38,7 +38,7 @@ _MEANINGS = {
     ExitStatus.NO_TRACEPOINT: "a tracepoint closewait needs is missing, or tracefs is not mounted",
     ExitStatus.NO_SUCH_PROCESS: "a --pid names no running process",
     ExitStatus.NO_DEPENDENCY: "a required Python module (bcc, pyroute2) cannot be imported",
-    ExitStatus.INTERRUPTED: "interrupted a second time while stopping (no final report)",
+    ExitStatus.INTERRUPTED: "interrupted again (Ctrl-C or SIGTERM) while stopping: no final report",
 }
 
 

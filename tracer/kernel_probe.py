@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer import bpf_maps, preflight
+from tracer import bpf_maps, preflight, procfs
 from tracer.bpf_abi import bpf_dir, const
 from tracer.errors import CloseWaitError
 from tracer.exitcodes import ExitStatus
@@ -32,6 +32,8 @@ from tracer.model import (
 # Limits for map sizes given on the command line: the BPF hash maps are
 # preallocated, so a huge number would pin that much kernel memory.
 MAX_MAP_ENTRIES = 4 * 1024 * 1024
+# A short struct cw_event (48 bytes) plus the ring buffer's 8-byte header.
+EVENT_RECORD_BYTES = 56
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,21 @@ class ProbeConfig:
     max_threads: int = 32768  # pending fd drops (LRU)
     max_targets: int = 1024
     max_latency_buckets: int = 16384  # (process, port, log2 slot) triples
-    buffer_pages: int = 64  # ring buffer size in pages (power of two)
+    buffer_pages: int | None = None  # event buffer in pages (power of two); None: sized below
     filter_pids: bool = False  # record fd drops of targets only
     ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
+
+    @property
+    def pages(self) -> int:
+        """Event buffer pages: by default room for every watched socket to
+        end at once, each with an fd-drop event before its exit event (a
+        process closing all its leaked fds in a loop), so that no event about
+        a leak is ever lost: 2 x max_sockets x 56 bytes, rounded up to a power
+        of two (8 MB for the default 65,536)."""
+        if self.buffer_pages is not None:
+            return self.buffer_pages
+        need = 2 * self.max_sockets * EVENT_RECORD_BYTES // 4096 + 1
+        return 1 << (need - 1).bit_length()
 
     def cflags(self, have_close_range: bool, have_dup2: bool = True) -> list[str]:
         use_rb = preflight.ringbuf_supported() if self.ring_buffer is None else self.ring_buffer
@@ -56,7 +70,7 @@ class ProbeConfig:
             f"-DCW_MAX_CONNS={self.max_conns}",
             f"-DCW_MAX_THREADS={self.max_threads}",
             f"-DCW_MAX_TARGETS={self.max_targets}",
-            f"-DCW_RINGBUF_PAGES={self.buffer_pages}",
+            f"-DCW_RINGBUF_PAGES={self.pages}",
             f"-DCW_MAX_LAT={self.max_latency_buckets}",
         ]
         if use_rb:
@@ -147,7 +161,7 @@ class KernelProbe:
                 raise CloseWaitError(
                     ExitStatus.USAGE, f"{name} must be between 1 and {MAX_MAP_ENTRIES}"
                 )
-        pages = self.config.buffer_pages
+        pages = self.config.pages
         if pages < 1 or pages & (pages - 1):
             raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
 
@@ -176,7 +190,17 @@ class KernelProbe:
         self._watched_pids = b[b"watched_pids"]
         self._latency = b[b"close_latency"]
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
-        self._event_type = ctypes.POINTER(b[b"event_layout"].Leaf)
+        self._event_class = b[b"event_layout"].Leaf
+        self._thread_names: dict[tuple[int, int], str] = {}
+        # TRACEPOINT_PROBE attaches at load; the syscall probes are detached
+        # at once and attached only while some leak is watched.
+        self._syscall_probes = ["sys_enter_close", "sys_enter_dup3"]
+        if "-DCW_HAVE_CLOSE_RANGE" in cflags:
+            self._syscall_probes.append("sys_enter_close_range")
+        if "-DCW_HAVE_DUP2" in cflags:
+            self._syscall_probes.append("sys_enter_dup2")
+        self.syscall_probes_attached = True
+        self.set_syscall_probes(False)
         self.decode_errors = 0
         self._reader = bpf_maps.BatchReader(self._closewait)
         self._cache: dict[int, KernelSock] = {}
@@ -185,6 +209,7 @@ class KernelProbe:
         if self.ring_buffer:
             self._events.open_ring_buffer(self._on_event)
         else:
+            # Per CPU: a burst (one process exiting) lands on one CPU's buffer.
             self._events.open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
 
     # -- lifecycle ---------------------------------------------------------
@@ -323,21 +348,23 @@ class KernelProbe:
     def _on_event(self, *args: Any) -> int:
         # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
         try:
-            self._pending.append(self._decode_event(args[1]))
+            self._pending.append(self._decode_event(args[1], args[2]))
         except Exception:  # never let a bad record kill the callback chain
             self.decode_errors += 1
         return 0
 
-    def _decode_event(self, data: Any) -> LeftCloseWait | FdDrop:
-        e = ctypes.cast(data, self._event_type).contents
-        comm = bytes(e.comm).rstrip(b"\0").decode("utf-8", "surrogateescape")
+    def _decode_event(self, data: Any, size: int) -> LeftCloseWait | FdDrop:
+        # Records are short unless they carry a tuple: copy what came.
+        e = self._event_class()
+        ctypes.memmove(ctypes.byref(e), data, min(size, ctypes.sizeof(e)))
+        comm = self._thread_name(e.tgid, e.tid)
         if e.kind == const("CW_EV_FD_DROP"):
             return FdDrop(e.ts, e.tgid, e.tid, comm, e.drop_kind, e.fd_lo, e.fd_hi)
+        preexisting = e.source == const("CW_SRC_PREEXIST")
         return LeftCloseWait(
             ts_ns=e.ts,
             sk=e.skaddr,
-            fin_ns=e.fin_ns,
-            tuple=_decode_tuple(e.t),
+            tuple=_decode_tuple(e.t) if preexisting else None,
             tgid=e.tgid,
             tid=e.tid,
             comm=comm,
@@ -345,8 +372,29 @@ class KernelProbe:
             fd_lo=e.fd_lo,
             fd_hi=e.fd_hi,
             newstate=e.newstate,
-            preexisting=e.source == const("CW_SRC_PREEXIST"),
+            preexisting=preexisting,
         )
+
+    def _thread_name(self, tgid: int, tid: int) -> str:
+        """The thread's name from /proc, once per thread per poll (a process
+        exiting with 100,000 leaks sends as many events from one thread)."""
+        key = (tgid, tid)
+        name = self._thread_names.get(key)
+        if name is None:
+            name = self._thread_names[key] = procfs.thread_comm(tgid, tid) or ""
+        return name
+
+    def set_syscall_probes(self, on: bool) -> None:
+        """Attach or detach the close-family syscall tracepoints."""
+        if self._bpf is None or on == self.syscall_probes_attached:
+            return
+        for tp in self._syscall_probes:
+            name = f"syscalls:{tp}".encode()
+            if on:
+                self._bpf.attach_tracepoint(tp=name, fn_name=f"tracepoint__syscalls__{tp}".encode())
+            else:
+                self._bpf.detach_tracepoint(tp=name)
+        self.syscall_probes_attached = on
 
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
@@ -362,6 +410,7 @@ class KernelProbe:
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
         out, self._pending = self._pending, []
+        self._thread_names.clear()
         return out
 
 

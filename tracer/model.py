@@ -122,8 +122,7 @@ class LeftCloseWait(NamedTuple):
 
     ts_ns: int
     sk: int
-    fin_ns: int  # 0 when the socket was in CLOSE_WAIT before attach
-    tuple: SockTuple
+    tuple: SockTuple | None  # only for sockets in CLOSE_WAIT before attach
     tgid: int
     tid: int
     comm: str

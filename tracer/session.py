@@ -28,7 +28,7 @@ class WatchRequest:
     rows: int | None = None  # leak rows per table report (None: all)
     max_sockets: int = 65536
     max_conns: int = 65536
-    buffer_pages: int = 64
+    buffer_pages: int | None = None
     perf_buffer: bool = False
 
 

@@ -29,13 +29,15 @@ from tracer.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait
 from tracer.output import Output
 from tracer.render import ProcessTrend, Summary
 from tracer.sockdiag import DiagPool
-from tracer.targets import Targets
+from tracer.targets import TargetPoll, Targets
 from tracer.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
 
-# Holders of known leaks are re-verified every refresh with one readlink
-# each; a full scan of the targets' fds happens when there are new candidate
-# sockets, and at least this often, to notice new holders (dup, fork).
-FULL_SCAN_EVERY_S = 30.0
+# A full reading (sock_diag dump, fd scan of the targets) happens at least
+# this often, to refresh Recv-Q and holders and to notice what events cannot
+# say (a dup or fork adding a holder, a socket passed between processes).
+RECONCILE_EVERY_S = 30.0
+# The close-family syscall probes stay attached this long after the last leak.
+SYSCALL_PROBES_LINGER_S = 30.0
 # Open-fd counts (for the fd-limit forecast) are refreshed at most this often.
 OPEN_FDS_EVERY_S = 10.0
 OPEN_FDS_CHEAP = 1024  # below this many fds, counting is cheap enough every time
@@ -73,6 +75,11 @@ class Watcher:
         self._fd_watched: dict[int, set[int]] = {}  # pid -> fds marked in the kernel
         self.fds = FdIndex()
         self._events_lost = 0
+        self._dumped = False
+        self._last_dump = 0
+        self._cw_full = 0
+        self._judged: set[int] = set()  # map entries old enough, seen by the last dump
+        self._last_leak_ns = 0
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
         self._fd_counts: dict[int, tuple[int, int | None]] = {}  # pid -> (when, open fds)
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
@@ -87,7 +94,15 @@ class Watcher:
         self.probe.set_targets(pids, {a for pid in pids for a in procfs.ancestors(pid)})
 
     def refresh(self) -> Changes:
-        """Gather one Observation, update the leaks and the kernel's watch list."""
+        """Gather one Observation, update the leaks and the kernel's watch list.
+
+        The sock_diag dump and the fd scan, the costly reads, happen only when
+        there is something to find: on the first refresh, when the BPF map
+        holds a socket old enough to be a leak and not judged yet, when the
+        map overflowed or events were lost, and every RECONCILE_EVERY_S. In
+        between, leaks end through kernel events, so a host with many
+        connections and no new leak pays for a map read only.
+        """
         # Events queued since the last drain first: an fd dropped by then must
         # not be trusted by the fd scan below.
         early = self.drain_events(0)
@@ -97,14 +112,50 @@ class Watcher:
         if poll.exited_now and not self.targets.all_processes:
             self._set_kernel_targets()
 
+        now = self.clock()
+        kernel = self.probe.read_sockets()
+        stats = self.probe.stats()
+        old_enough = {sk for sk, ks in kernel.items() if now - ks.fin_ns >= self.tracker.min_age_ns}
+        self._judged &= kernel.keys()
+        if stats.events_lost != self._events_lost:
+            # Missed events may hide fd drops and ends: trust nothing until rescanned.
+            self._events_lost = stats.events_lost
+            self.fds.forget_all()
+            self._last_full_scan = self._last_dump = 0
+        needed = (
+            not self._dumped
+            or bool(old_enough - self._judged)
+            or stats.cw_full != self._cw_full
+            or now - self._last_dump > RECONCILE_EVERY_S * NS_PER_S
+        )
+        self._cw_full = stats.cw_full
+        targets = None if self.targets.all_processes else frozenset(poll.pids)
+        if needed:
+            obs = self._observe(poll, now, kernel, targets)
+            self._judged = old_enough
+        else:
+            obs = Observation(now, kernel, None, {}, {}, targets=targets)
+        obs.events = self._poll_events(0)
+        changes = self.tracker.update(obs, _still_holding)
+        self.tracker.prune_procs()
+        if needed:
+            self.unheld = changes.unheld
+        self._sync_kernel(changes)
+        self._sample_counts(now, poll.exited_now)
+        changes.ended[:0] = early.ended
+        changes.released_fds[:0] = early.released_fds
+        return changes
+
+    def _observe(
+        self, poll: TargetPoll, now: int, kernel: dict, targets: frozenset[int] | None
+    ) -> Observation:
+        """The full reading: sock_diag in every namespace, holders from the fd index."""
         dump = dump_close_wait(self.pool, poll)
+        self._dumped, self._last_dump = True, now
         for problem in dump.problems:
             if problem not in self._reported:
                 self._reported.add(problem)
                 self.notices.append(problem)
-
-        now = self.clock()
-        kernel = self.probe.read_sockets()
         index = KernelIndex(kernel)
         in_cw = {d.inode for d in dump.diag}
         self._foreign &= in_cw
@@ -113,14 +164,7 @@ class Watcher:
             for d in self.tracker.candidates(dump.diag, index, now)
             if d.inode not in self._foreign
         ]
-        targets = None if self.targets.all_processes else frozenset(poll.pids)
-        lost = self.probe.stats().events_lost
-        if lost != self._events_lost:
-            # Missed events may hide fd drops: trust no fd until rescanned.
-            self._events_lost = lost
-            self.fds.forget_all()
-            self._last_full_scan = 0
-        if candidates or now - self._last_full_scan > FULL_SCAN_EVERY_S * NS_PER_S:
+        if candidates or now - self._last_full_scan > RECONCILE_EVERY_S * NS_PER_S:
             self.fds.scan(holder_scope(self.targets, poll), self._trusted_fds())
             self._last_full_scan = now
             holders = self.fds.holders(in_cw)
@@ -134,28 +178,17 @@ class Watcher:
             # fd-drop events, minus processes that are gone.
             self.fds.keep_only(set(poll.pids) | self._descendants_seen())
             holders = self.fds.holders(in_cw)
-        procs = process_facts(h.pid for hs in holders.values() for h in hs)
-
-        obs = Observation(
+        return Observation(
             now_ns=now,
             kernel=kernel,
             diag=dump.diag,
             holders=holders,
-            procs=procs,
-            events=self._poll_events(0),
+            procs=process_facts(h.pid for hs in holders.values() for h in hs),
             queried_netns=dump.queried,
             exited=set(self.targets.exited),
             targets=targets,
             holders_complete=self.targets.all_processes,
         )
-        changes = self.tracker.update(obs, _still_holding)
-        self.tracker.prune_procs()
-        self.unheld = changes.unheld
-        self._sync_kernel(changes)
-        self._sample_counts(now, poll.exited_now)
-        changes.ended[:0] = early.ended
-        changes.released_fds[:0] = early.released_fds
-        return changes
 
     def _poll_events(self, timeout_ms: int) -> list[LeftCloseWait | FdDrop]:
         """Events from the kernel; fd drops also invalidate the fd index."""
@@ -196,10 +229,19 @@ class Watcher:
 
     def _sync_kernel(self, changes: Changes) -> None:
         """Tell the kernel what to report: watched sockets, and the fds of
-        targets that hold them (so that a close() the socket survives is seen)."""
+        targets that hold them (so that a close() the socket survives is seen).
+        The close-family syscall probes run while there is a leak to watch:
+        enabling any syscall tracepoint slows every syscall of every task
+        (about 2 points of throughput under heavy connection churn)."""
         self._since_report.new += changes.new
         self._since_report.ended += changes.ended
         self.starts.add(changes.new)
+        now = self.clock()
+        if self.tracker.leaks:
+            self._last_leak_ns = now
+            self.probe.set_syscall_probes(True)
+        elif now - self._last_leak_ns > SYSCALL_PROBES_LINGER_S * NS_PER_S:
+            self.probe.set_syscall_probes(False)
         self._sync_fds()
         for leak in changes.watch:
             if leak.sk is not None:
@@ -311,7 +353,8 @@ def _still_holding(leak: Leak) -> list[Holder]:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; a second SIGINT while stopping aborts at once."""
+    """Set by SIGINT/SIGTERM; a second one while stopping aborts at once (the
+    final report may be stuck writing to a reader that stopped reading)."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
@@ -324,7 +367,7 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        if self.reason is not None and signum == signal.SIGINT:
+        if self.reason is not None:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
 
