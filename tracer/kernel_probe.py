@@ -445,15 +445,36 @@ def program_text(config: ProbeConfig) -> str:
     return "// cflags: " + " ".join(compile_flags(config)) + "\n" + source
 
 
-def _return_compiler_memory() -> None:
-    """Give back the heap clang/LLVM used for compiling (about 20 MB here).
+_COMPILER_LIBS = re.compile(r"/lib(LLVM|clang)[^/]*\.so")
+MADV_DONTNEED = 4
 
-    glibc keeps freed memory in its arenas; malloc_trim() returns it to the
-    kernel. A long-running tracer should not carry its compiler's peak.
-    Elsewhere (musl) this is a no-op.
+
+def _return_compiler_memory() -> None:
+    """Give back what compiling the program used and the tracer no longer needs.
+
+    - The heap clang/LLVM used (about 20 MB here): glibc keeps freed memory
+      in its arenas; malloc_trim() returns it to the kernel (a no-op
+      elsewhere, e.g. musl).
+    - The executable pages of libLLVM and libclang-cpp (about 72 MB here),
+      touched while compiling and resident ever since. Code pages are never
+      written, so MADV_DONTNEED only drops them from this process; were the
+      code ever run again, it would fault back in from the page cache.
     """
+    libc = ctypes.CDLL(None, use_errno=True)
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc.malloc_trim(0)
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "r-xp" or not _COMPILER_LIBS.search(fields[5]):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        libc.madvise(start, end - start, MADV_DONTNEED)
 
 
 def _decode_tuple(t: Any) -> SockTuple:
