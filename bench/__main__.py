@@ -19,10 +19,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import churn, detection, env, report, scale, startup
+from bench import churn, detection, env, kernelcost, report, scale, startup
 from bench.config import MODES
 
-SECTIONS = ("startup", "detection", "churn", "scale")
+SECTIONS = ("startup", "detection", "churn", "kernel", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = detection.run(cfg, log)
                 elif name == "churn":
                     results[name] = churn.run(cfg, binary, ns, log)
+                elif name == "kernel":
+                    results[name] = kernelcost.run(cfg, binary, ns, log)
                 else:
                     results[name] = scale.run(cfg, binary, ns, log)
             except Exception as exc:  # report the others anyway

@@ -17,6 +17,17 @@ ALL_CONDITIONS = (
 )
 
 
+# The tracers whose BPF program runs on every state change (the printing
+# ones pay mostly in user space, which the churn section shows).
+KERNEL_CONDITIONS = (
+    "closewait-all",
+    "closewait-pid-client",
+    "bpftrace-count",
+    "floor-map",
+    "floor-raw",
+)
+
+
 @dataclass(frozen=True)
 class Config:
     mode: str
@@ -31,6 +42,9 @@ class Config:
     churn_budget_s: float  # extra rounds for noisy conditions while this lasts
     churn_conditions: tuple[str, ...]
     concurrency: int
+    # kernel-side cost per tracepoint hit (kernel.bpf_stats_enabled)
+    kernel_conditions: tuple[str, ...]
+    kernel_rounds: int
     # leaks at scale: (sockets, processes holding them)
     scale_cases: tuple[tuple[int, int], ...]
     scale_interval_s: float
@@ -58,6 +72,8 @@ FULL = Config(
     churn_budget_s=390.0,
     churn_conditions=ALL_CONDITIONS,
     concurrency=16,
+    kernel_conditions=KERNEL_CONDITIONS,
+    kernel_rounds=3,
     scale_cases=((10_000, 1), (19_000, 1), (100_000, 6)),
     scale_interval_s=2.0,
     scale_refreshes=3,
@@ -79,6 +95,8 @@ QUICK = Config(
     churn_budget_s=75.0,
     churn_conditions=ALL_CONDITIONS,
     concurrency=16,
+    kernel_conditions=KERNEL_CONDITIONS,
+    kernel_rounds=1,
     scale_cases=((10_000, 1),),
     scale_interval_s=1.0,
     scale_refreshes=2,
@@ -105,6 +123,8 @@ SMOKE = Config(
         c for c in ALL_CONDITIONS if c not in ("closewait-pid-client", "bpftrace-count")
     ),
     concurrency=4,
+    kernel_conditions=("closewait-all", "floor-map"),
+    kernel_rounds=1,
     scale_cases=((200, 2),),
     scale_interval_s=0.5,
     scale_refreshes=1,

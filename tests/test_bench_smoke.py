@@ -17,7 +17,7 @@ from bench import churn, report, stats
 from bench.config import SMOKE
 from tests.conftest import ROOT
 
-SECTIONS = ("startup", "detection", "churn", "scale")
+SECTIONS = ("startup", "detection", "churn", "kernel", "scale")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,21 @@ def test_churn_measured_every_condition(smoke: dict) -> None:
     # The printing tracers printed events.
     assert smoke["churn"]["conditions"]["tcpstates"]["events_printed"] > 0
     assert smoke["churn"]["conditions"]["bpftrace-print"]["events_printed"] > 0
+
+
+def test_kernel_counters_measured_each_bpf_tracer(smoke: dict) -> None:
+    per_run = smoke["kernel"]["ns_per_run"]
+    assert set(per_run) == set(SMOKE.kernel_conditions)
+    for name, row in per_run.items():
+        for variant in ("client-first", "server-first"):
+            assert row[variant] and row[variant] > 0, (name, variant)
+    # The tracer's busiest program was the one every state change hits:
+    # about ten runs per transaction (five state changes per side).
+    for s in smoke["kernel"]["samples"]:
+        assert 4 <= s["runs_per_transaction"] <= 20, s
+    # The counters were switched back off.
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        assert f.read().strip() == "0"
 
 
 def test_scale_found_every_leak_and_their_end(smoke: dict) -> None:
