@@ -67,7 +67,12 @@ class Observation:
 
     def ordered_holders(self, inode: int) -> tuple[list[Holder], list[Holder]]:
         """(target holders, other holders) of a socket, each sorted by pid and fd."""
-        holders = sorted(self.holders.get(inode, []), key=lambda h: (h.pid, h.fd))
+        holders = self.holders.get(inode)
+        if not holders:
+            return [], []
+        if len(holders) == 1:  # by far the most common case: spare the sort
+            return ([holders[0]], []) if self.is_target(holders[0].pid) else ([], [holders[0]])
+        holders = sorted(holders)  # Holder is (pid, fd)
         mine = [h for h in holders if self.is_target(h.pid)]
         return mine, [h for h in holders if not self.is_target(h.pid)]
 

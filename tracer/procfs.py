@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from tracer.model import Holder
@@ -128,8 +128,11 @@ def socket_fds(pid: int) -> dict[int, list[int]]:
     return out
 
 
-def holders_of(pids: Iterable[int], unreadable: list[int] | None = None) -> dict[int, list[Holder]]:
-    """Socket inode -> every (pid, fd) among `pids` holding it.
+def holders_of(
+    pids: Iterable[int], unreadable: list[int] | None = None, wanted: Container[int] | None = None
+) -> dict[int, list[Holder]]:
+    """Socket inode -> every (pid, fd) among `pids` holding it (only the
+    inodes in `wanted`, if given).
 
     Exited pids are skipped silently; pids whose fds may not be read are
     appended to `unreadable`, so callers can say what they could not see.
@@ -145,7 +148,14 @@ def holders_of(pids: Iterable[int], unreadable: list[int] | None = None) -> dict
                 unreadable.append(pid)
             continue
         for inode, fds in per_pid.items():
-            out.setdefault(inode, []).extend(Holder(pid, fd) for fd in fds)
+            if wanted is not None and inode not in wanted:
+                continue
+            held = [Holder(pid, fd) for fd in fds]
+            known = out.get(inode)
+            if known is None:
+                out[inode] = held
+            else:
+                known.extend(held)
     return out
 
 

@@ -19,7 +19,15 @@ from json.encoder import encode_basestring
 from tracer.containers import container_of
 from tracer.durations import format_age
 from tracer.escape import printable
-from tracer.model import NS_PER_S, FdReleased, LatencyBucket, Leak, LeakEnded, ProbeStats
+from tracer.model import (
+    NS_PER_S,
+    Creator,
+    FdReleased,
+    LatencyBucket,
+    Leak,
+    LeakEnded,
+    ProbeStats,
+)
 from tracer.trends import Group, Rate, log2_bucket_bounds
 
 
@@ -384,8 +392,9 @@ class JsonRenderer:
         """The lines of a report, generated: with 100,000 leaks they are tens
         of MB, written out in chunks rather than held at once."""
         ts = repr(round(s.wall, 3))
+        shared = Fragments()
         for lk in leaks:
-            yield leak_line(lk, s.now_ns, ts)
+            yield leak_line(lk, s.now_ns, ts, shared)
         for g in s.groups:
             yield _dumps(group_json(g, s))
         if s.final:
@@ -597,34 +606,70 @@ def _jstr(text: str | None) -> str:
 _JBOOL = {True: "true", False: "false", None: "null"}
 
 
-def leak_line(lk: Leak, now_ns: int, ts: str) -> str:
+class Fragments:
+    """JSON fragments that many leaks of a report share, built once per report:
+    the fields of a process (its name, cgroup and container), and the
+    `opened_by` object of a thread (one thread opens many connections)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, tuple[str, str]] = {}
+        self.openers: dict[tuple[int, int, str, bool], str] = {}
+
+    def proc(self, lk: Leak, pid: int) -> tuple[str, str]:
+        """(`comm` literal, `"cgroup":…,"container":…`) of a holder's process."""
+        frag = self.procs.get(pid)
+        if frag is None:
+            proc = lk.proc(pid)
+            cg = proc.cgroup
+            frag = self.procs[pid] = (
+                _jstr(proc.comm),
+                f'"cgroup":{_jstr(cg)},"container":{_jstr(container_of(cg))}',
+            )
+        return frag
+
+    def opener(self, c: Creator) -> str:
+        key = (c.tgid, c.tid, c.comm, c.accepted)
+        frag = self.openers.get(key)
+        if frag is None:
+            frag = self.openers[key] = (
+                f'{{"pid":{c.tgid or "null"},"tid":{c.tid or "null"},'
+                f'"comm":{_jstr(c.comm or None)},"accepted":{_JBOOL[c.accepted]}}}'
+            )
+        return frag
+
+
+def leak_line(lk: Leak, now_ns: int, ts: str, shared: Fragments | None = None) -> str:
     """One leak object as a JSON line, assembled directly: json.dumps of a dict
     costs several times more, and a report may carry 100,000 of them.
-    tests/test_render.py checks it against leak_json()."""
-    t, c, pid = lk.tuple, lk.creator, lk.pid
-    proc = lk.proc(pid)
-    holders = ",".join(
-        f'{{"pid":{h.pid},"comm":{_jstr(lk.proc(h.pid).comm)},"fd":{h.fd}}}' for h in lk.holders
-    )
-    if c is None:
-        opened = "null"
+    tests/test_render.py checks it against leak_json(). `shared` carries the
+    fragments that recur across the lines of one report."""
+    if shared is None:
+        shared = Fragments()
+    pid, hs, fds, c = lk.pid, lk.holders, lk.fds, lk.creator
+    comm, cgroup = shared.proc(lk, pid)
+    if len(hs) == 1:  # the common case: one fd of one process
+        holders = f'{{"pid":{pid},"comm":{comm},"fd":{hs[0].fd}}}'
+        opener_holds = "null" if c is None or not c.tgid else _JBOOL[c.tgid == pid]
     else:
-        opened = (
-            f'{{"pid":{c.tgid or "null"},"tid":{c.tid or "null"},'
-            f'"comm":{_jstr(c.comm or None)},"accepted":{_JBOOL[c.accepted]}}}'
+        holders = ",".join(
+            f'{{"pid":{h.pid},"comm":{shared.proc(lk, h.pid)[0]},"fd":{h.fd}}}' for h in hs
         )
-    conn_age = _conn_age(lk, now_ns)
+        opener_holds = _JBOOL[lk.opener_holds]
+    if c is None:
+        opened = conn_age = "null"
+    else:
+        opened = shared.opener(c)
+        conn_age = f"{max(0, now_ns - c.opened_ns) / NS_PER_S:.3f}"
     return (
-        f'{{"type":"leak","pid":{pid},"comm":{_jstr(proc.comm)},"fd":{lk.fds[0]},'
-        f'"fds":[{",".join(map(str, lk.fds))}],"inode":{lk.inode},'
-        f'"family":"{"ipv6" if t.family == socket.AF_INET6 else "ipv4"}",'
+        f'{{"type":"leak","pid":{pid},"comm":{comm},"fd":{fds[0]},'
+        f'"fds":[{fds[0] if len(fds) == 1 else ",".join(map(str, fds))}],"inode":{lk.inode},'
+        f'"family":"{"ipv6" if lk.tuple.family == socket.AF_INET6 else "ipv4"}",'
         f'"local":"{lk.local}","remote":"{lk.remote}","holders":[{holders}],'
         f'"netns":{lk.netns},"age_exact":{_JBOOL[lk.age_exact]},'
         f'"preexisting":{_JBOOL[lk.preexisting]},"recv_q":{lk.recv_q},"uid":{lk.uid},'
-        f'"cgroup":{_jstr(proc.cgroup)},"container":{_jstr(container_of(proc.cgroup))},'
-        f'"opened_by":{opened},"opener_holds":{_JBOOL[lk.opener_holds]},'
-        f'"age_s":{round(max(0, now_ns - lk.fin_ns) / NS_PER_S, 3)!r},'
-        f'"conn_age_s":{"null" if conn_age is None else repr(round(conn_age, 3))},"ts":{ts}}}'
+        f'{cgroup},"opened_by":{opened},"opener_holds":{opener_holds},'
+        f'"age_s":{max(0, now_ns - lk.fin_ns) / NS_PER_S:.3f},'
+        f'"conn_age_s":{conn_age},"ts":{ts}}}'
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tracer import preflight, procfs
+from tracer import gcpause, preflight, procfs
 from tracer.containers import container_of
 from tracer.correlate import LeakTracker, Observation
 from tracer.gather import dump_close_wait, process_facts
@@ -46,11 +46,7 @@ def take(targets: Targets, min_age_s: float = 0.0) -> Snapshot:
         pool.close()
     unreadable: list[int] = []
     in_cw = {d.inode for d in dump.diag}
-    holders = {
-        inode: hs
-        for inode, hs in procfs.holders_of(procfs.all_pids(), unreadable).items()
-        if inode in in_cw
-    }
+    holders = procfs.holders_of(procfs.all_pids(), unreadable, wanted=in_cw)
     procs = process_facts(h.pid for hs in holders.values() for h in hs)
     now = time.monotonic_ns()
     tracker = LeakTracker(min_age_s, attach_ns=now)
@@ -109,8 +105,12 @@ def run_snapshot(
     """The `snapshot` command: root check, one read, one report."""
     preflight.require(preflight.check_root, preflight.check_pyroute2)
     targets = Targets(pids, all_processes)
+    gcpause.off_for_good()
     snap = take(targets, min_age_s)
-    out = Output(json_lines, view="snapshot")
+    _print(snap, targets, Output(json_lines, view="snapshot"), triage)
+
+
+def _print(snap: Snapshot, targets: Targets, out: Output, triage: bool) -> None:
     notes = list(snap.problems)
     if snap.unreadable_pids:
         notes.append(f"{len(snap.unreadable_pids)} processes' fds could not be read (permissions)")
@@ -127,7 +127,7 @@ def run_snapshot(
             now_ns=snap.now_ns,
             elapsed_s=snap.seconds,
             targets=targets.live,
-            all_processes=all_processes,
+            all_processes=targets.all_processes,
             new=len(snap.leaks),
             ended=0,
             stats=ProbeStats(),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tracer import procfs
+from tracer import gcpause, procfs
 from tracer.correlate import Changes, KernelIndex, LeakTracker, Observation
 from tracer.fdindex import FdIndex
 from tracer.gather import dump_close_wait, holder_scope, process_facts
@@ -390,17 +390,21 @@ def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) ->
         for e in changes.ended:
             out.ended(e)
 
-    changes = watcher.refresh()
+    with gcpause.paused():
+        changes = watcher.refresh()
     emit(changes)
     while not (stop or watcher.finished() or expired()):
-        out.report(watcher.leaks(), watcher.summary(time.time()))
+        with gcpause.paused():
+            out.report(watcher.leaks(), watcher.summary(time.time()))
         next_refresh = time.monotonic() + options.interval_s
         if deadline is not None:
             next_refresh = min(next_refresh, deadline)
         while not stop and (left := next_refresh - time.monotonic()) > 0:
             emit(watcher.drain_events(max(1, int(min(left, 0.25) * 1000))))
-        changes = watcher.refresh()
+        with gcpause.paused():
+            changes = watcher.refresh()
         emit(changes)
     if watcher.finished():
         out.notice("every target has exited")
-    out.report(watcher.leaks(), watcher.summary(time.time(), final=True))
+    with gcpause.paused():
+        out.report(watcher.leaks(), watcher.summary(time.time(), final=True))
