@@ -19,8 +19,6 @@
  *  CW_RINGBUF_PAGES   events buffer size; CW_USE_RINGBUF picks the BPF ring
  *                     buffer (>= 5.8) over the per-CPU perf buffer
  *  CW_FILTER_PIDS     record fd drops only for tgids in `targets`
- *  CW_HAVE_CLOSE_RANGE  the kernel has sys_enter_close_range (5.9+)
- *  CW_HAVE_DUP2       the architecture has dup2 (arm64 has only dup3)
  *  CW_MAX_LAT         latency histogram buckets (per process, port, slot)
  */
 #include <uapi/linux/ptrace.h>
@@ -442,40 +440,46 @@ static __always_inline void record_fd_drop(void *ctx, u32 kind, u32 fd_lo, u32 f
     emit(ctx, &e);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close)
+/* The close-family syscall probes are attached only while user space watches
+ * a leak (tracer/kernel_probe.py, set_syscall_probes): enabling any syscall
+ * tracepoint sends every syscall of every task through the kernel's slow
+ * path. So they are not TRACEPOINT_PROBEs, which BCC attaches at load, but
+ * plain functions attached by name, reading the record every sys_enter_*
+ * tracepoint shares (struct syscall_trace_enter: the common header, the
+ * syscall number at offset 8, then each argument as 8 bytes from offset 16,
+ * as each event's tracefs format file says; tests/test_bpf_abi.py checks
+ * those files). */
+struct cw_sys_enter {
+    u64 common; /* struct trace_entry; BPF may not read it */
+    s32 nr;
+    u32 pad;
+    u64 args[3];
+};
+
+int cw_sys_enter_close(struct cw_sys_enter *ctx)
 {
-    record_fd_drop(args, CW_DROP_CLOSE, args->fd, args->fd);
+    record_fd_drop(ctx, CW_DROP_CLOSE, ctx->args[0], ctx->args[0]);
     return 0;
 }
 
-#ifdef CW_HAVE_CLOSE_RANGE
-/* close_range(2) (Linux 5.9+) and glibc's closefrom(). With
- * CLOSE_RANGE_CLOEXEC (4) it only marks the fds close-on-exec. */
-TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
+/* close_range(2) (Linux 5.9+) and glibc's closefrom(): (fd, max_fd, flags).
+ * With CLOSE_RANGE_CLOEXEC (4) it only marks the fds close-on-exec. */
+int cw_sys_enter_close_range(struct cw_sys_enter *ctx)
 {
-    if (args->flags & 4)
+    if (ctx->args[2] & 4)
         return 0;
-    record_fd_drop(args, CW_DROP_CLOSE_RANGE, args->fd, args->max_fd);
+    record_fd_drop(ctx, CW_DROP_CLOSE_RANGE, ctx->args[0], ctx->args[1]);
     return 0;
 }
-#endif
 
-/* dup2()/dup3() onto an open fd close it first (its file is released after
- * the syscall, through task_work, like close_range). dup2(fd, fd) and a
- * failing call drop nothing; user space checks the fd afterwards. */
-#ifdef CW_HAVE_DUP2
-TRACEPOINT_PROBE(syscalls, sys_enter_dup2)
+/* dup2(oldfd, newfd) and dup3(oldfd, newfd, flags) onto an open fd close it
+ * first (its file is released after the syscall, through task_work, like
+ * close_range). dup2(fd, fd) and a failing call drop nothing; user space
+ * checks the fd afterwards. */
+int cw_sys_enter_dup(struct cw_sys_enter *ctx)
 {
-    if (args->oldfd != args->newfd)
-        record_fd_drop(args, CW_DROP_DUP2, args->newfd, args->newfd);
-    return 0;
-}
-#endif
-
-TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
-{
-    if (args->oldfd != args->newfd)
-        record_fd_drop(args, CW_DROP_DUP2, args->newfd, args->newfd);
+    if (ctx->args[0] != ctx->args[1])
+        record_fd_drop(ctx, CW_DROP_DUP2, ctx->args[1], ctx->args[1]);
     return 0;
 }
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import socket
 
 import pytest
 from pyroute2.netlink.diag import SS_CLOSE, SS_CLOSE_WAIT, SS_ESTABLISHED, SS_LAST_ACK, SS_SYN_SENT
 
+from tracer import preflight
 from tracer.bpf_abi import constants
+from tracer.kernel_probe import SYSCALL_PROBES, available_syscall_probes
 
 
 def test_header_constants_match_the_kernel_abi() -> None:
@@ -77,3 +80,38 @@ def test_chunked_batch_reads_see_every_entry_once(probe, peers) -> None:
 
     small, big = read(3), read(4096)
     assert len(big) == 10 and small == big
+
+
+def _format_fields(event: str) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) from a tracepoint's tracefs format file."""
+    root = preflight.tracefs_root()
+    assert root is not None, "tracefs is not mounted"
+    out = {}
+    for line in (root / "events" / event / "format").read_text().splitlines():
+        m = re.search(r"field:.*?(\w+)(\[\d*\])?;\s*offset:(\d+);\s*size:(\d+);", line)
+        if m:
+            out[m.group(1)] = (int(m.group(3)), int(m.group(4)))
+    return out
+
+
+# The arguments each cw_sys_enter_* function reads, in order (args[0], [1], [2]).
+SYSCALL_ARGS = {
+    "sys_enter_close": ["fd"],
+    "sys_enter_close_range": ["fd", "max_fd", "flags"],
+    "sys_enter_dup2": ["oldfd", "newfd"],
+    "sys_enter_dup3": ["oldfd", "newfd"],
+}
+
+
+@pytest.mark.bpf
+def test_syscall_records_have_the_layout_the_probes_read(probe) -> None:
+    """bpf/closewait.bpf.c reads sys_enter_* records as struct cw_sys_enter
+    (number at 8, 8-byte arguments from 16): true of every probe it attaches."""
+    assert set(SYSCALL_PROBES) == set(SYSCALL_ARGS)
+    available = available_syscall_probes()
+    assert {"sys_enter_close", "sys_enter_dup3"} <= set(available)
+    for event in available:
+        fields = _format_fields(f"syscalls/{event}")
+        assert fields["__syscall_nr"] == (8, 4), event
+        for i, name in enumerate(SYSCALL_ARGS[event]):
+            assert fields[name] == (16 + 8 * i, 8), (event, name)

@@ -61,7 +61,7 @@ class ProbeConfig:
         need = 2 * self.max_sockets * EVENT_RECORD_BYTES // 4096 + 1
         return 1 << (need - 1).bit_length()
 
-    def cflags(self, have_close_range: bool, have_dup2: bool = True) -> list[str]:
+    def cflags(self) -> list[str]:
         use_rb = preflight.ringbuf_supported() if self.ring_buffer is None else self.ring_buffer
         flags = [
             f"-I{bpf_dir()}",
@@ -77,10 +77,6 @@ class ProbeConfig:
             flags.append("-DCW_USE_RINGBUF")
         if self.filter_pids:
             flags.append("-DCW_FILTER_PIDS")
-        if have_close_range:
-            flags.append("-DCW_HAVE_CLOSE_RANGE")
-        if have_dup2:
-            flags.append("-DCW_HAVE_DUP2")
         return flags
 
 
@@ -192,15 +188,17 @@ class KernelProbe:
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._event_class = b[b"event_layout"].Leaf
         self._thread_names: dict[tuple[int, int], str] = {}
-        # TRACEPOINT_PROBE attaches at load; the syscall probes are detached
-        # at once and attached only while some leak is watched.
-        self._syscall_probes = ["sys_enter_close", "sys_enter_dup3"]
-        if "-DCW_HAVE_CLOSE_RANGE" in cflags:
-            self._syscall_probes.append("sys_enter_close_range")
-        if "-DCW_HAVE_DUP2" in cflags:
-            self._syscall_probes.append("sys_enter_dup2")
-        self.syscall_probes_attached = True
-        self.set_syscall_probes(False)
+        # TRACEPOINT_PROBEs are attached at load; the syscall probes only
+        # while some leak is watched (set_syscall_probes).
+        self._syscall_probes = available_syscall_probes()
+        self.syscall_probes_attached = False
+        for fn in set(self._syscall_probes.values()):
+            # Verified now, so that a program the kernel rejects fails at
+            # start-up rather than at the first leak.
+            try:
+                b.load_func(fn.encode(), BPF.TRACEPOINT)
+            except Exception as exc:
+                raise _classify_load_error(exc, []) from exc
         self.decode_errors = 0
         self._reader = bpf_maps.BatchReader(self._closewait)
         self._cache: dict[int, KernelSock] = {}
@@ -388,10 +386,10 @@ class KernelProbe:
         """Attach or detach the close-family syscall tracepoints."""
         if self._bpf is None or on == self.syscall_probes_attached:
             return
-        for tp in self._syscall_probes:
+        for tp, fn in self._syscall_probes.items():
             name = f"syscalls:{tp}".encode()
             if on:
-                self._bpf.attach_tracepoint(tp=name, fn_name=f"tracepoint__syscalls__{tp}".encode())
+                self._bpf.attach_tracepoint(tp=name, fn_name=fn.encode())
             else:
                 self._bpf.detach_tracepoint(tp=name)
         self.syscall_probes_attached = on
@@ -429,14 +427,28 @@ _STAT_NAMES = (
 
 
 def compile_flags(config: ProbeConfig) -> list[str]:
-    """The cflags for this kernel: which optional syscall tracepoints exist
-    (close_range since 5.9; dup2 is absent on arm64, which has only dup3)."""
+    return config.cflags()
+
+
+# Close-family syscall tracepoints -> the function of bpf/closewait.bpf.c
+# attached to each while leaks are watched. close_range exists since 5.9;
+# dup2 is absent on arm64, which has only dup3.
+SYSCALL_PROBES = {
+    "sys_enter_close": "cw_sys_enter_close",
+    "sys_enter_close_range": "cw_sys_enter_close_range",
+    "sys_enter_dup2": "cw_sys_enter_dup",
+    "sys_enter_dup3": "cw_sys_enter_dup",
+}
+
+
+def available_syscall_probes() -> dict[str, str]:
+    """The SYSCALL_PROBES whose tracepoint this kernel has."""
     root = preflight.tracefs_root()
-
-    def have(event: str) -> bool:
-        return bool(root and (root / "events/syscalls" / event / "format").is_file())
-
-    return config.cflags(have("sys_enter_close_range"), have("sys_enter_dup2"))
+    return {
+        tp: fn
+        for tp, fn in SYSCALL_PROBES.items()
+        if root and (root / "events/syscalls" / tp / "format").is_file()
+    }
 
 
 def program_text(config: ProbeConfig) -> str:
