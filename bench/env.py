@@ -135,7 +135,8 @@ def closewait_argv() -> list[str]:
 
 
 def has_snapshot() -> bool:
-    """True once `closewait snapshot` exists (it is being added alongside)."""
+    """True if the closewait under test has `snapshot` (an older build, run
+    through CLOSEWAIT_BENCH_CMD, may not)."""
     res = subprocess.run(
         [*closewait_argv(), "snapshot", "--help"], capture_output=True, cwd=ROOT, check=False
     )
