@@ -70,8 +70,9 @@ class Observation:
         holders = self.holders.get(inode)
         if not holders:
             return [], []
-        if len(holders) == 1:  # by far the most common case: spare the sort
-            return ([holders[0]], []) if self.is_target(holders[0].pid) else ([], [holders[0]])
+        if len(holders) == 1:  # by far the most common case: spare the sort and
+            # the copies (the fd index never changes a list it handed out)
+            return (holders, []) if self.is_target(holders[0].pid) else ([], holders)
         holders = sorted(holders)  # Holder is (pid, fd)
         mine = [h for h in holders if self.is_target(h.pid)]
         return mine, [h for h in holders if not self.is_target(h.pid)]
@@ -189,7 +190,7 @@ class LeakTracker:
             if leak is not None:
                 if mine:
                     leak._raw_holders = raw
-                    if leak.update(holders=mine + others, recv_q=d.recv_q):
+                    if leak.update(holders=mine + others if others else mine, recv_q=d.recv_q):
                         self.holders_changed = True
                 else:
                     self._drop(leak)
@@ -212,7 +213,7 @@ class LeakTracker:
                 age_exact=exact,
                 preexisting=not exact and fin < self.attach_ns,
                 first_seen_ns=now,
-                holders=mine + others,
+                holders=mine + others if others else mine,
                 recv_q=d.recv_q,
                 uid=d.uid,
                 sk=ks.sk if ks else None,

@@ -100,6 +100,14 @@ class FdIndex:
                     by_inode[inode] = [Holder(pid, fd)]
                 else:
                     hs.append(Holder(pid, fd))
+        # Where nothing changed, keep handing out the previous list: leaks
+        # hold on to it, so a new equal one would double the memory of every
+        # leak's holders (20 MB at 100,000 leaks) until the leak ends.
+        previous = self._by_inode
+        for inode, hs in by_inode.items():
+            old_hs = previous.get(inode)
+            if old_hs is not None and old_hs == hs:
+                by_inode[inode] = old_hs
         self._by_inode = by_inode
 
     def pids(self) -> list[int]:

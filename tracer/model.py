@@ -61,9 +61,20 @@ class SockTuple(NamedTuple):
         return format_endpoint(self.family, self.remote_ip, self.remote_port)
 
 
+_endpoints: dict[str, str] = {}
+
+
 def format_endpoint(family: int, ip: str, port: int) -> str:
-    """`1.2.3.4:80` or `[::1]:80`, as ss prints them."""
-    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+    """`1.2.3.4:80` or `[::1]:80`, as ss prints them.
+
+    Deduplicated: the leaks of a host mostly share one end (the service a
+    client pool talks to, or the port a server listens on), and each leak
+    keeps its endpoints as strings; 100,000 equal copies would cost 6 MB.
+    The table is bounded, so the unique ends cannot grow it forever."""
+    text = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+    if len(_endpoints) > 4096:
+        _endpoints.clear()
+    return _endpoints.setdefault(text, text)
 
 
 class Creator(NamedTuple):

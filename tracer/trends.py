@@ -120,9 +120,8 @@ def group_key(leak: Leak, port_range: tuple[int, int]) -> tuple[str, str]:
         accepted = is_ephemeral(t.remote_port, port_range) and not is_ephemeral(
             t.local_port, port_range
         )
-    if accepted:
-        return ("local", t.local)
-    return ("remote", t.remote)
+    # The leak's own endpoint strings: one object per endpoint, not per call.
+    return ("local", leak.local) if accepted else ("remote", leak.remote)
 
 
 @dataclass(frozen=True)
@@ -146,6 +145,7 @@ class GroupStarts:
         self.attach_ns = attach_ns
         self.port_range = port_range
         self.started: Counter[tuple[str, str]] = Counter()
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
 
     def add(self, new_leaks: Iterable[Leak]) -> None:
         for lk in new_leaks:
@@ -157,8 +157,13 @@ class GroupStarts:
         members: dict[tuple[str, str], list[Leak]] = {}
         for lk in leaks:
             key = lk.group
-            if key is None:  # a leak's group never changes: computed once
-                key = lk.group = group_key(lk, self.port_range)
+            if key is None:  # a leak's group never changes: computed once,
+                key = group_key(lk, self.port_range)
+                # and one tuple per group is shared by its leaks (100,000
+                # leaks of a few groups would otherwise keep 100,000 tuples).
+                if len(self._keys) > 65536:
+                    self._keys.clear()
+                key = lk.group = self._keys.setdefault(key, key)
             members.setdefault(key, []).append(lk)
         minutes = (now_ns - self.attach_ns) / NS_PER_S / 60
         out = []
