@@ -402,8 +402,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         record_creator(sk, CW_OPENED_ACCEPT);
     }
     /* A connection that ends without passing CLOSE_WAIT (we closed first,
-     * or it failed) frees its creator slot here. */
-    if (newstate == CW_TCP_CLOSE && oldstate != CW_TCP_CLOSE_WAIT)
+     * or it failed) frees its creator slot here. One that passed it (it
+     * leaves from CLOSE_WAIT itself, or from LAST_ACK, which only
+     * CLOSE_WAIT leads to) moved its creator out at the FIN: no lookup. */
+    if (newstate == CW_TCP_CLOSE && oldstate != CW_TCP_CLOSE_WAIT && oldstate != CW_TCP_LAST_ACK)
         remove_creator(sk);
     return 0;
 }
