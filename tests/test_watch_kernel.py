@@ -43,6 +43,25 @@ def leaks_of(w: Watcher, pid: int) -> list:
     return [lk for lk in w.leaks() if any(h.pid == pid for h in lk.holders)]
 
 
+def client_leak(peers, watch) -> tuple:
+    """A client left holding a socket its server closed, once its watcher
+    reports it: (client, watcher, pair, FIN time)."""
+    server, client = peers(), peers()
+    w = watch(client.pid)
+    pair = connected_pair(server, client)
+    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    refresh_after_min_age(w, fin)
+    assert len(leaks_of(w, client.pid)) == 1
+    return client, w, pair, fin
+
+
+def send_fin(peer, fd: int, unread: int) -> int:
+    """The peer sends `unread` bytes the other side will never read, then
+    closes (its FIN); returns the close's CLOCK_MONOTONIC time in ns."""
+    peer.call(op="send", fd=fd, n=unread)
+    return peer.call(op="close", fd=fd)["mono"]
+
+
 def refresh_after_min_age(w: Watcher, since_mono_ns: int) -> None:
     """Sleep until the FIN is older than MIN_AGE, then refresh."""
     left = MIN_AGE + 0.05 - (time.monotonic_ns() - since_mono_ns) / NS_PER_S
@@ -55,8 +74,7 @@ def test_leaking_client_reported_with_pid_fd_remote_recvq_and_age(peers, watch) 
     server, client = peers(), peers()
     w = watch(client.pid)
     pair = connected_pair(server, client)
-    server.call(op="send", fd=pair["server_fd"], n=1234)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    fin = send_fin(server, pair["server_fd"], unread=1234)
 
     w.refresh()
     assert leaks_of(w, client.pid) == [], "reported before --min-age"
@@ -81,8 +99,7 @@ def test_ipv6_leak(peers, watch) -> None:
     server, client = peers(), peers()
     w = watch(client.pid)
     pair = connected_pair(server, client, v6=True)
-    server.call(op="send", fd=pair["server_fd"], n=10)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    fin = send_fin(server, pair["server_fd"], unread=10)
     refresh_after_min_age(w, fin)
 
     (leak,) = leaks_of(w, client.pid)
@@ -97,8 +114,7 @@ def test_accepted_socket_whose_client_went_away(peers, watch) -> None:
     server, client = peers(), peers()
     w = watch(server.pid)
     pair = connected_pair(server, client)
-    client.call(op="send", fd=pair["client_fd"], n=7)
-    fin = client.call(op="close", fd=pair["client_fd"])["mono"]
+    fin = send_fin(client, pair["client_fd"], unread=7)
     refresh_after_min_age(w, fin)
 
     (leak,) = leaks_of(w, server.pid)
@@ -127,12 +143,7 @@ def test_healthy_client_that_closes_promptly_is_never_reported(peers, watch, pro
 
 
 def test_leak_that_ends_reports_fd_pid_and_latency(peers, watch) -> None:
-    server, client = peers(), peers()
-    w = watch(client.pid)
-    pair = connected_pair(server, client)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
-    refresh_after_min_age(w, fin)
-    assert len(leaks_of(w, client.pid)) == 1
+    client, w, pair, fin = client_leak(peers, watch)
 
     closed = client.call(op="close", fd=pair["client_fd"])["mono"]
     ended = wait_until(lambda: w.drain_events(100).ended, timeout=3)
@@ -148,8 +159,7 @@ def test_leak_in_another_network_namespace_traced_from_the_root_one(peers, watch
     assert procfs.netns_inode(client.pid) != procfs.netns_inode(os.getpid())
     w = watch(client.pid)
     pair = connected_pair(server, client)
-    server.call(op="send", fd=pair["server_fd"], n=99)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
+    fin = send_fin(server, pair["server_fd"], unread=99)
     refresh_after_min_age(w, fin)
 
     (leak,) = leaks_of(w, client.pid)
@@ -215,11 +225,7 @@ def test_fork_inherited_leak_names_the_parent_as_opener(peers, watch) -> None:
 
 
 def test_close_range_attributed(peers, watch) -> None:
-    server, client = peers(), peers()
-    w = watch(client.pid)
-    pair = connected_pair(server, client)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
-    refresh_after_min_age(w, fin)
+    client, w, pair, _fin = client_leak(peers, watch)
     fd = pair["client_fd"]
     client.call(op="closerange", lo=fd, hi=fd)
     (e,) = wait_until(lambda: w.drain_events(100).ended, timeout=3)
@@ -228,12 +234,7 @@ def test_close_range_attributed(peers, watch) -> None:
 
 
 def test_process_exit_ends_its_leaks(peers, watch) -> None:
-    server, client = peers(), peers()
-    w = watch(client.pid)
-    pair = connected_pair(server, client)
-    fin = server.call(op="close", fd=pair["server_fd"])["mono"]
-    refresh_after_min_age(w, fin)
-    assert len(leaks_of(w, client.pid)) == 1
+    client, w, _pair, _fin = client_leak(peers, watch)
     os.kill(client.pid, signal.SIGKILL)
     client.proc.wait()
     (e,) = wait_until(lambda: w.drain_events(100).ended, timeout=3)
