@@ -98,33 +98,57 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
-def socket_fds(pid: int) -> dict[int, list[int]]:
-    """Socket inode -> the fds of `pid` that refer to it.
+def socket_fds(
+    pid: int, previous: dict[int, int] | None = None, trusted: Container[int] = ()
+) -> dict[int, int]:
+    """fd -> socket inode, for the socket fds of `pid`.
 
     One getdents pass and one readlink per fd, through a directory fd so the
-    kernel does not resolve /proc/PID/fd for every entry.
+    kernel does not resolve /proc/PID/fd for every entry. An fd in `trusted`
+    that `previous` maps keeps that inode without a readlink (fdindex.py says
+    when that is sound).
     """
     try:
         dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise ProcessGone(pid) from exc
     except PermissionError as exc:  # not root, or a process we may not inspect
         raise ProcessHidden(pid) from exc
-    out: dict[int, list[int]] = {}
+    except OSError as exc:
+        raise ProcessGone(pid) from exc
+    table: dict[int, int] = {}
     try:
         for name in os.listdir(dirfd):
+            fd = int(name)
+            if previous and fd in trusted and fd in previous:
+                table[fd] = previous[fd]
+                continue
             try:
                 target = os.readlink(name, dir_fd=dirfd)
             except OSError:
                 continue  # closed between listdir and readlink
             if target.startswith(_SOCKET_PREFIX):
-                out.setdefault(int(target[8:-1]), []).append(int(name))
+                table[fd] = int(target[8:-1])
     except OSError:
         pass  # the process exited while we read: keep what we saw
     finally:
         os.close(dirfd)
-    for fds in out.values():
-        fds.sort()
+    return table
+
+
+def by_inode(
+    tables: dict[int, dict[int, int]], wanted: Container[int] | None = None
+) -> dict[int, list[Holder]]:
+    """Socket inode -> its holders, from per-pid fd tables (only the inodes in
+    `wanted`, if given)."""
+    out: dict[int, list[Holder]] = {}
+    for pid, table in tables.items():
+        for fd, inode in table.items():
+            if wanted is not None and inode not in wanted:
+                continue
+            hs = out.get(inode)
+            if hs is None:
+                out[inode] = [Holder(pid, fd)]
+            else:
+                hs.append(Holder(pid, fd))
     return out
 
 
@@ -137,26 +161,16 @@ def holders_of(
     Exited pids are skipped silently; pids whose fds may not be read are
     appended to `unreadable`, so callers can say what they could not see.
     """
-    out: dict[int, list[Holder]] = {}
+    tables: dict[int, dict[int, int]] = {}
     for pid in pids:
         try:
-            per_pid = socket_fds(pid)
+            tables[pid] = socket_fds(pid)
         except ProcessGone:
             continue
         except ProcessHidden:
             if unreadable is not None:
                 unreadable.append(pid)
-            continue
-        for inode, fds in per_pid.items():
-            if wanted is not None and inode not in wanted:
-                continue
-            held = [Holder(pid, fd) for fd in fds]
-            known = out.get(inode)
-            if known is None:
-                out[inode] = held
-            else:
-                known.extend(held)
-    return out
+    return by_inode(tables, wanted)
 
 
 def still_holding(holders: Iterable[Holder], inode: int) -> list[Holder]:
