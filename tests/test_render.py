@@ -43,7 +43,6 @@ def leak(
         fin_ns=10 * S,
         age_exact=exact,
         preexisting=not exact,
-        first_seen_ns=15 * S,
         holders=[Holder(100, 7), Holder(100, 9), Holder(200, 3)],
         procs={100: ProcInfo(comm), 200: ProcInfo("child")},
         recv_q=2048,

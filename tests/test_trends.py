@@ -67,7 +67,7 @@ def test_thread_pattern(names: list[str], pattern: str) -> None:
 
 def _leak(local: int, remote: int, fin_s: float, creator: Creator | None = None) -> Leak:
     t = SockTuple(socket.AF_INET, "10.0.0.1", local, "10.0.0.9", remote)
-    return Leak(1, 1, t, int(fin_s * S), True, False, 0, [Holder(1, 3)], 0, 0, creator=creator)
+    return Leak(1, 1, t, int(fin_s * S), True, False, [Holder(1, 3)], 0, 0, creator=creator)
 
 
 def test_grouping_side_from_creator_or_ephemeral_ports() -> None:

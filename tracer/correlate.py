@@ -212,7 +212,6 @@ class LeakTracker:
                 fin_ns=fin,
                 age_exact=exact,
                 preexisting=not exact and fin < self.attach_ns,
-                first_seen_ns=now,
                 holders=mine + others if others else mine,
                 recv_q=d.recv_q,
                 uid=d.uid,

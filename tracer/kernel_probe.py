@@ -161,7 +161,7 @@ class KernelProbe:
         if pages < 1 or pages & (pages - 1):
             raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
 
-        cflags = compile_flags(self.config)
+        cflags = self.config.cflags()
         self.compile_messages: list[str] = []
         try:
             with _captured_stderr() as diag:
@@ -426,10 +426,6 @@ _STAT_NAMES = (
 )
 
 
-def compile_flags(config: ProbeConfig) -> list[str]:
-    return config.cflags()
-
-
 # Close-family syscall tracepoints -> the function of bpf/closewait.bpf.c
 # attached to each while leaks are watched. close_range exists since 5.9;
 # dup2 is absent on arm64, which has only dup3.
@@ -454,7 +450,7 @@ def available_syscall_probes() -> dict[str, str]:
 def program_text(config: ProbeConfig) -> str:
     """The C program and the flags BCC would compile it with (for --ebpf)."""
     source = (bpf_dir() / "closewait.bpf.c").read_text()
-    return "// cflags: " + " ".join(compile_flags(config)) + "\n" + source
+    return "// cflags: " + " ".join(config.cflags()) + "\n" + source
 
 
 _COMPILER_LIBS = re.compile(r"/lib(LLVM|clang)[^/]*\.so")

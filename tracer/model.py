@@ -6,14 +6,12 @@ correlate combines them; render prints them. None of them does I/O.
 
 from __future__ import annotations
 
-import itertools
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 NS_PER_S = 1_000_000_000
-
-_serials = itertools.count(1)
 
 
 class SockTuple(NamedTuple):
@@ -180,7 +178,6 @@ class Leak:
         "creator",
         "fds",
         "fin_ns",
-        "first_seen_ns",
         "group",
         "holders",
         "inode",
@@ -191,11 +188,9 @@ class Leak:
         "procs",
         "recv_q",
         "remote",
-        "serial",
         "sk",
         "tuple",
         "uid",
-        "version",
     )  # fmt: skip
 
     def __init__(
@@ -206,7 +201,6 @@ class Leak:
         fin_ns: int,  # exact (from the kernel) or estimated, see age_exact
         age_exact: bool,
         preexisting: bool,  # in CLOSE_WAIT before closewait attached
-        first_seen_ns: int,
         holders: list[Holder],
         recv_q: int,
         uid: int,
@@ -223,14 +217,11 @@ class Leak:
         self.fin_ns = fin_ns
         self.age_exact = age_exact
         self.preexisting = preexisting
-        self.first_seen_ns = first_seen_ns
         self.recv_q = recv_q
         self.uid = uid
         self.sk = sk
         self.creator = creator
         self.procs = procs if procs is not None else {}
-        self.version = 0  # bumped on every change, for whoever caches renderings
-        self.serial = next(_serials)  # unique: an inode can leak, end and leak again
         self._raw_holders: object = None  # what the tracker last compared holders with
         self.group: tuple[str, str] | None = None  # (side, endpoint), set by trends
         self._set_holders(holders)
@@ -248,8 +239,6 @@ class Leak:
             changed = True
         if recv_q is not None and recv_q != self.recv_q:
             self.recv_q, changed = recv_q, True
-        if changed:
-            self.version += 1
         return changed
 
     def proc(self, pid: int) -> ProcInfo:
@@ -271,6 +260,14 @@ class Leak:
 
     def __repr__(self) -> str:
         return f"Leak(inode={self.inode}, tuple={self.tuple}, holders={self.holders})"
+
+
+def leaks_per_pid(leaks: Iterable[Leak]) -> dict[int, int]:
+    """How many leaks each process is listed under (its first holder's pid)."""
+    out: dict[int, int] = {}
+    for lk in leaks:
+        out[lk.pid] = out.get(lk.pid, 0) + 1
+    return out
 
 
 @dataclass(frozen=True)

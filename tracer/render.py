@@ -27,6 +27,7 @@ from tracer.model import (
     Leak,
     LeakEnded,
     ProbeStats,
+    leaks_per_pid,
 )
 from tracer.trends import Group, Rate, log2_bucket_bounds
 
@@ -131,8 +132,8 @@ class Column:
 PID = Column("PID", 7, lambda lk, now: str(lk.pid), right=True)
 COMM = Column("COMM", 15, lambda lk, now: printable(lk.proc(lk.pid).comm)[:15])
 FD = Column("FD", 6, lambda lk, now: _fd_text(lk), right=True)
-LOCAL = Column("LOCAL", 22, lambda lk, now: lk.tuple.local)
-REMOTE = Column("REMOTE", 22, lambda lk, now: lk.tuple.remote)
+LOCAL = Column("LOCAL", 22, lambda lk, now: lk.local)
+REMOTE = Column("REMOTE", 22, lambda lk, now: lk.remote)
 AGE = Column("AGE", 8, _age_text, right=True)
 RECV_Q = Column("RECV-Q", 7, lambda lk, now: str(lk.recv_q), right=True)
 OPENED_BY = Column("OPENED-BY", 23, lambda lk, now: _opened_by(lk)[:23])
@@ -157,13 +158,6 @@ FOOTNOTE_OPENER = (
 
 def _clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
-
-
-def _count_by_pid(leaks: Sequence[Leak]) -> dict[int, int]:
-    per_pid: dict[int, int] = {}
-    for lk in leaks:
-        per_pid[lk.pid] = per_pid.get(lk.pid, 0) + 1
-    return per_pid
 
 
 def _lost_text(stats: ProbeStats) -> str:
@@ -213,7 +207,7 @@ class TableRenderer:
         return " ".join(c.cell(v) for c, v in zip(self.columns, cells)).rstrip()
 
     def _head(self, leaks: Sequence[Leak], s: Summary) -> str:
-        per_pid = _count_by_pid(leaks)
+        per_pid = leaks_per_pid(leaks)
         if s.all_processes:
             first_leak = {lk.pid: lk for lk in reversed(leaks)}  # any leak of each pid
             ranked = sorted(per_pid.items(), key=lambda kv: -kv[1])
@@ -262,7 +256,7 @@ class TableRenderer:
         fds = ",".join(map(str, lk.fds))
         what = (
             f"{_clock(wall)} ENDED pid {lk.pid} ({printable(lk.proc(lk.pid).comm)}) "
-            f"fd {fds} {lk.tuple.local} -> {lk.tuple.remote}: "
+            f"fd {fds} {lk.local} -> {lk.remote}: "
         )
         after = format_age(e.latency_s)
         if not (e.exact and lk.age_exact):
@@ -276,7 +270,7 @@ class TableRenderer:
         held = ", ".join(f"pid {h.pid} fd {h.fd}" for h in r.still_held)
         return (
             f"{_clock(wall)} CLOSE pid {r.pid} tid {r.tid} ({printable(r.comm)}) {r.via}({r.fd}) "
-            f"on leaked socket {r.leak.tuple.local} -> {r.leak.tuple.remote}: "
+            f"on leaked socket {r.leak.local} -> {r.leak.remote}: "
             f"it stays in CLOSE_WAIT, still held by {held}"
         )
 
@@ -330,7 +324,7 @@ def latency_lines(
         slots[b.slot] = slots.get(b.slot, 0) + b.count
         key = (b.pid, b.side, b.port)
         by_port[key] = by_port.get(key, 0) + b.count
-    open_by_pid = _count_by_pid(leaks)
+    open_by_pid = leaks_per_pid(leaks)
     for pid in sorted(by_pid):
         slots = by_pid[pid]
         total = sum(slots.values())
@@ -400,7 +394,7 @@ class JsonRenderer:
         if s.final:
             for obj in latency_json(s.latency, _comms_of(s), s.wall):
                 yield _dumps(obj)
-        per_pid = _count_by_pid(leaks)
+        per_pid = leaks_per_pid(leaks)
         trends = {p.pid: p for p in s.processes}
         targets = s.targets if not s.all_processes else {p.pid: p.comm for p in s.processes}
         yield (
@@ -488,8 +482,8 @@ class JsonRenderer:
                 "fd": r.fd,
                 "via": r.via,
                 "inode": lk.inode,
-                "local": lk.tuple.local,
-                "remote": lk.tuple.remote,
+                "local": lk.local,
+                "remote": lk.remote,
                 "still_held": [{"pid": h.pid, "fd": h.fd} for h in r.still_held],
             }
         )
@@ -558,8 +552,8 @@ def _identity(lk: Leak) -> dict:
         "fds": lk.fds,
         "inode": lk.inode,
         "family": "ipv6" if lk.tuple.family == socket.AF_INET6 else "ipv4",
-        "local": lk.tuple.local,
-        "remote": lk.tuple.remote,
+        "local": lk.local,
+        "remote": lk.remote,
     }
 
 

@@ -25,7 +25,7 @@ from tracer.correlate import Changes, KernelIndex, LeakTracker, Observation
 from tracer.fdindex import FdIndex
 from tracer.gather import dump_close_wait, holder_scope, process_facts
 from tracer.kernel_probe import KernelProbe
-from tracer.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait
+from tracer.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait, leaks_per_pid
 from tracer.output import Output
 from tracer.render import ProcessTrend, Summary
 from tracer.sockdiag import DiagPool
@@ -165,7 +165,8 @@ class Watcher:
             if d.inode not in self._foreign
         ]
         if candidates or now - self._last_full_scan > RECONCILE_EVERY_S * NS_PER_S:
-            self.fds.scan(holder_scope(self.targets, poll), self._trusted_fds())
+            # The fds marked in the kernel cannot change without an event.
+            self.fds.scan(holder_scope(self.targets, poll), trusted=self._fd_watched)
             self._last_full_scan = now
             holders = self.fds.holders(in_cw)
             self._foreign = {
@@ -198,10 +199,6 @@ class Watcher:
                 self.fds.forget(ev.tgid, ev.fd_lo, ev.fd_hi)
         return events
 
-    def _trusted_fds(self) -> dict[int, set[int]]:
-        """Fds the kernel reports drops of: (pid, fd) pairs in watched_fds."""
-        return self._fd_watched
-
     def _descendants_seen(self) -> set[int]:
         """Non-target processes of the last scan (descendants), if still alive."""
         return {pid for pid in self.fds.pids() if procfs.exists(pid)}
@@ -210,8 +207,7 @@ class Watcher:
         """One (time, open leaks) point per process, for its growth rate."""
         counts: dict[int, int] = dict.fromkeys(self.targets.live, 0)
         counts.update(dict.fromkeys(self.history, 0))
-        for leak in self.tracker.leaks.values():
-            counts[leak.pid] = counts.get(leak.pid, 0) + 1
+        counts.update(leaks_per_pid(self.tracker.leaks.values()))
         for pid, n in counts.items():
             if pid in exited:
                 self.history.pop(pid, None)
@@ -280,9 +276,7 @@ class Watcher:
     def process_trends(self) -> list[ProcessTrend]:
         """Per watched process: open fds, fd limit, leak rate, time to the limit."""
         out = []
-        leaks_of: dict[int, int] = {}
-        for leak in self.tracker.leaks.values():
-            leaks_of[leak.pid] = leaks_of.get(leak.pid, 0) + 1
+        leaks_of = leaks_per_pid(self.tracker.leaks.values())
         for pid, hist in sorted(self.history.items()):
             rate = hist.rate()
             open_fds, fd_limit = self._open_fds(pid), procfs.fd_limit(pid)
