@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 ALL_CONDITIONS = (
     "baseline",
@@ -84,18 +84,16 @@ FULL = Config(
     detect_interval_s=1.0,
 )
 
-QUICK = Config(
+# The smaller sizes say only how they differ from the full run.
+QUICK = replace(
+    FULL,
     mode="quick",
     churn_rounds=1,
     churn_window_s=1.2,
     churn_warmup_s=0.3,
     churn_prewarm_s=2.0,
-    churn_bracket=True,
     churn_settle_s=0.5,
     churn_budget_s=75.0,
-    churn_conditions=ALL_CONDITIONS,
-    concurrency=16,
-    kernel_conditions=KERNEL_CONDITIONS,
     kernel_rounds=1,
     scale_cases=((10_000, 1),),
     scale_interval_s=1.0,
@@ -104,15 +102,14 @@ QUICK = Config(
     startup_reps=2,
     detect_leaks=3,
     detect_min_age_s=1.0,
-    detect_interval_s=1.0,
 )
 
 # Tiny sizes: proves that every piece still runs and that closewait's output
 # still parses. Conditions that share code with another one (the --pid of
 # the client, the counting bpftrace) are left out to stay under 30 s.
-SMOKE = Config(
+SMOKE = replace(
+    QUICK,
     mode="smoke",
-    churn_rounds=1,
     churn_window_s=0.3,
     churn_warmup_s=0.1,
     churn_prewarm_s=0.2,
@@ -124,11 +121,9 @@ SMOKE = Config(
     ),
     concurrency=4,
     kernel_conditions=("closewait-all", "floor-map"),
-    kernel_rounds=1,
     scale_cases=((200, 2),),
     scale_interval_s=0.5,
     scale_refreshes=1,
-    snapshot_reps=1,
     startup_reps=1,
     detect_leaks=1,
     detect_min_age_s=0.5,
