@@ -12,9 +12,10 @@
  *  - Healthy connections cost a few map operations and nothing else: no
  *    event reaches user space unless user space asked for that socket.
  *    User space polls the closewait map instead (batch lookups).
- *  - Every loss is counted in `stats` (see closewait.h) and reported.
+ *  - Every loss is counted in `stats` (see closewait.h); each counter is
+ *    printed in the reports' totals (tracer/report/) once it is non-zero.
  *
- * Build-time switches (-D from tracer/bpf_program.py):
+ * Build-time switches (-D from tracer/kernel/config.py, ProbeConfig.cflags):
  *  CW_MAX_SOCKS (closewait and watched), CW_MAX_CONNS, CW_MAX_THREADS, CW_MAX_PREEXIST, CW_MAX_TARGETS
  *  CW_RINGBUF_PAGES   events buffer size; CW_USE_RINGBUF picks the BPF ring
  *                     buffer (>= 5.8) over the per-CPU perf buffer
@@ -443,7 +444,7 @@ static __always_inline void record_fd_drop(void *ctx, u32 kind, u32 fd_lo, u32 f
 }
 
 /* The close-family syscall probes are attached only while user space watches
- * a leak (tracer/kernel_probe.py, set_syscall_probes): enabling any syscall
+ * a leak (tracer/kernel/probe.py, set_syscall_probes): enabling any syscall
  * tracepoint sends every syscall of every task through the kernel's slow
  * path. So they are not TRACEPOINT_PROBEs, which BCC attaches at load, but
  * plain functions attached by name, reading the record every sys_enter_*

@@ -1,6 +1,6 @@
 /* closewait.h: the constants the BPF program and tracer/ agree on.
  *
- * tracer/bpf_abi.py reads every `#define CW_...` line of this file at run
+ * tracer/kernel/abi.py reads every `#define CW_...` line of this file at run
  * time, so a constant lives here once. The struct layouts (maps, events)
  * are not repeated in Python either: BCC derives ctypes classes from the
  * C definitions in closewait.bpf.c, and tests/test_bpf_abi.py checks the

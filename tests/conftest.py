@@ -37,7 +37,7 @@ def bpf_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root"
     try:
-        from tracer import preflight
+        from tracer.kernel import preflight
 
         preflight.require_tracer()
     except Exception as exc:
@@ -62,7 +62,8 @@ def probe(bpf_ok: None) -> Iterator[object]:
     about other tests' sockets are ignored by the tracker (unknown sockets).
     fd drops are recorded for every process (no pid filter), as with --all.
     """
-    from tracer.kernel_probe import KernelProbe, ProbeConfig
+    from tracer.kernel.config import ProbeConfig
+    from tracer.kernel.probe import KernelProbe
 
     with KernelProbe(ProbeConfig(max_sockets=16384, max_conns=16384)) as p:
         yield p

@@ -9,9 +9,10 @@ import socket
 import pytest
 from pyroute2.netlink.diag import SS_CLOSE, SS_CLOSE_WAIT, SS_ESTABLISHED, SS_LAST_ACK, SS_SYN_SENT
 
-from tracer import preflight
-from tracer.bpf_abi import constants
-from tracer.kernel_probe import SYSCALL_PROBES, available_syscall_probes
+from tracer.kernel import preflight
+from tracer.kernel.abi import constants
+from tracer.kernel.probe import available_syscall_probes
+from tracer.kernel.tracepoints import SYSCALL_PROBES
 
 
 def test_header_constants_match_the_kernel_abi() -> None:
@@ -47,7 +48,7 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
     ev = names(b[b"event_layout"].Leaf)
     wanted = "ts skaddr kind tgid tid drop_kind fd_lo fd_hi oldstate newstate source t"
     assert ev == wanted.split(), "the tuple must stay last: short records stop before it"
-    from tracer.kernel_probe import EVENT_RECORD_BYTES
+    from tracer.kernel.config import EVENT_RECORD_BYTES
 
     event = b[b"event_layout"].Leaf
     assert event.t.offset + 8 == EVENT_RECORD_BYTES  # short record + ring buffer header
@@ -57,7 +58,7 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
 @pytest.mark.bpf
 def test_chunked_batch_reads_see_every_entry_once(probe, peers) -> None:
     from tests.conftest import connected_pair
-    from tracer.bpf_maps import BatchReader
+    from tracer.kernel.maps import BatchReader
 
     server, client = peers(), peers()
     ports = set()

@@ -10,10 +10,10 @@ import click
 
 from tests.cli_helpers import ROOT
 from tests.test_render import leak, summary
-from tracer.cli import cli
-from tracer.exitcodes import ExitStatus
-from tracer.model import LeakEnded
-from tracer.render import JsonRenderer
+from tracer.cli.app import cli
+from tracer.core.exitcodes import ExitStatus
+from tracer.core.model import LeakEnded
+from tracer.report.jsonl import JsonRenderer
 
 README = (ROOT / "README.md").read_text()
 

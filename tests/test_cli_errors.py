@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.cli_helpers import ROOT, run_cli
-from tracer.exitcodes import ExitStatus
+from tracer.core.exitcodes import ExitStatus
 
 
 def assert_one_line_error(
@@ -130,7 +130,7 @@ def test_bcc_not_importable() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the root check comes first")
     # sys.modules[name] = None makes `import name` fail, as on a host without python3-bpfcc.
-    code = "import sys; sys.modules['bcc'] = None; from tracer.cli import main; main()"
+    code = "import sys; sys.modules['bcc'] = None; from tracer.cli.app import main; main()"
     res = subprocess.run(
         [sys.executable, "-c", code, "watch", "--all"],
         cwd=ROOT,
@@ -165,3 +165,15 @@ def test_ebpf_flag_prints_the_program_with_its_flags() -> None:
     assert first.startswith("// cflags: ") and "-DCW_FILTER_PIDS" in first
     assert "TRACEPOINT_PROBE(sock, inet_sock_set_state)" in rest
     assert "-DCW_FILTER_PIDS" not in run_cli("watch", "--all", "--ebpf").stdout.split("\n", 1)[0]
+
+
+def test_no_writable_temporary_directory(bpf_ok: None) -> None:
+    # A read-only root as in a hardened unit or pod without a tmpfs: BCC has
+    # nowhere to write while compiling. (tempfile falls back to the cwd too.)
+    res = _in_private_mounts(
+        "mount -t tmpfs -o ro none /tmp && mount -t tmpfs -o ro none /var/tmp && cd /proc",
+        "watch", "--pid", "1",
+    )  # fmt: skip
+    assert_one_line_error(
+        res, ExitStatus.NO_DEPENDENCY, "no writable temporary directory", "TMPDIR"
+    )

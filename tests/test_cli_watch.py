@@ -12,7 +12,7 @@ import pytest
 
 from tests.cli_helpers import CLOSEWAIT, ROOT, LiveCli, run_cli
 from tests.conftest import connected_pair
-from tracer import procfs
+from tracer.system import procfs
 
 pytestmark = pytest.mark.bpf
 
@@ -23,8 +23,8 @@ LEAK_FIELDS = {
 }  # fmt: skip
 SUMMARY_FIELDS = {
     "type", "ts", "final", "elapsed_s", "leaks", "new", "ended", "targets", "leaks_by_pid",
-    "exited", "unheld", "events_lost", "map_full", "creators_evicted", "fins_seen",
-    "fins_other_processes",
+    "exited", "unheld", "events_lost", "map_full", "creators_evicted", "latency_full",
+    "decode_errors", "fins_seen", "fins_other_processes",
 }  # fmt: skip
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from tracer.bpf_abi import const
-from tracer.correlate import LeakTracker, Observation, estimated_fin_ns
-from tracer.model import (
+from tracer.core.correlate import LeakTracker, Observation, estimated_fin_ns
+from tracer.core.model import (
     NS_PER_S,
     Creator,
     DiagSock,
@@ -75,9 +74,8 @@ def event(
     newstate: str = "CW_TCP_LAST_ACK",
     preexisting: bool = False,
 ) -> LeftCloseWait:
-    kind = const(f"CW_DROP_{drop.upper()}") if drop else const("CW_DROP_NONE")
-    return LeftCloseWait(ts, sk, t if preexisting else None, tgid, tgid, "worker", kind, fd, fd,
-                         const(newstate), preexisting)  # fmt: skip
+    return LeftCloseWait(ts, sk, t if preexisting else None, tgid, tgid, "worker", drop, fd, fd,
+                         newstate == "CW_TCP_CLOSE", preexisting)  # fmt: skip
 
 
 def nobody(_leak) -> list[Holder]:
@@ -231,8 +229,7 @@ def test_unheld_sockets_are_counted_once_a_second_old_and_only_with_a_full_scan(
 
 
 def fd_drop(tgid: int, fd: int, drop: str = "close", hi: int | None = None) -> FdDrop:
-    kind = const(f"CW_DROP_{drop.upper()}")
-    return FdDrop(30 * S, tgid, tgid + 1, "worker", kind, fd, fd if hi is None else hi)
+    return FdDrop(30 * S, tgid, tgid + 1, "worker", drop, fd, fd if hi is None else hi)
 
 
 def test_closing_one_fd_of_a_socket_a_child_still_holds() -> None:

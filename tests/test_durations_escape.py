@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.durations import format_age, parse_duration
-from tracer.escape import printable
+from tracer.report.durations import format_age, parse_duration
+from tracer.report.escape import printable
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import connected_pair, wait_until
-from tracer.correlate import Changes
-from tracer.model import NS_PER_S
-from tracer.render import TableRenderer
-from tracer.targets import Targets
-from tracer.trends import log2_bucket_bounds
-from tracer.watch import Watcher
+from tracer.core.correlate import Changes
+from tracer.core.model import NS_PER_S
+from tracer.core.trends import log2_bucket_bounds
+from tracer.engine.watcher import Watcher
+from tracer.report.table import TableRenderer
+from tracer.system.targets import Targets
 
 pytestmark = pytest.mark.bpf
 

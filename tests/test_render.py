@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tracer.model import (
+from tracer.core.model import (
     NS_PER_S,
     Creator,
     Holder,
@@ -15,15 +15,9 @@ from tracer.model import (
     ProcInfo,
     SockTuple,
 )
-from tracer.render import (
-    FOOTNOTE_OPENER,
-    SNAPSHOT_COLUMNS,
-    WATCH_COLUMNS,
-    JsonRenderer,
-    ProcessRank,
-    Summary,
-    TableRenderer,
-)
+from tracer.core.summary import ProcessRank, Summary
+from tracer.report.jsonl import JsonRenderer
+from tracer.report.table import FOOTNOTE_OPENER, SNAPSHOT_COLUMNS, WATCH_COLUMNS, TableRenderer
 
 S = NS_PER_S
 HOSTILE = "evil\x1b[2J\nNOTE fake"
@@ -186,9 +180,10 @@ def test_triage_rows() -> None:
 
 
 def test_trend_group_and_latency_rendering() -> None:
-    from tracer.model import LatencyBucket
-    from tracer.render import ProcessTrend, latency_lines
-    from tracer.trends import Group, Rate
+    from tracer.core.model import LatencyBucket
+    from tracer.core.summary import ProcessTrend
+    from tracer.core.trends import Group, Rate
+    from tracer.report.table import latency_lines
 
     trend = ProcessTrend(100, "java", 7, 230, 1024, Rate(60.0, 20.0, 11), 794.0)
     group = Group("remote", "[::1]:8080", 7, 252.0, 2.0, 30.0, "pool-1-thread-*")
@@ -245,7 +240,7 @@ def test_rows_follow_changes_and_never_cross_leaks() -> None:
 
 
 def test_fast_json_line_equals_the_reference_dict() -> None:
-    from tracer.render import leak_json
+    from tracer.report.jsonl import leak_json
 
     s = summary()
     cases = [leak(), leak(exact=False, creator=False), leak(comm=HOSTILE), leak(comm='q"uote\\')]

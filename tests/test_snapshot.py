@@ -13,10 +13,10 @@ import pytest
 
 from tests.cli_helpers import ROOT, run_cli
 from tests.conftest import connected_pair
-from tracer import procfs
-from tracer.model import NS_PER_S
-from tracer.snapshot import take
-from tracer.targets import Targets
+from tracer.core.model import NS_PER_S
+from tracer.engine.snapshot import take
+from tracer.system import procfs
+from tracer.system.targets import Targets
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' /proc/PID/fd")
 
@@ -138,7 +138,7 @@ def test_snapshot_needs_neither_bcc_nor_headers_nor_tracefs(peers) -> None:
     server, client = peers(), peers()
     pair = connected_pair(server, client)
     server.call(op="close", fd=pair["server_fd"])
-    code = "import sys; sys.modules['bcc'] = None; from tracer.cli import main; main()"
+    code = "import sys; sys.modules['bcc'] = None; from tracer.cli.app import main; main()"
     hide = (
         "mount -t tmpfs none /lib/modules && mount -t tmpfs none /sys/kernel/tracing"
         " && mount -t tmpfs none /sys/kernel/debug"

@@ -11,8 +11,8 @@ import pytest
 from pyroute2 import DiagSocket
 
 from tests.conftest import connected_pair
-from tracer import procfs
-from tracer.sockdiag import TCP_CLOSE_WAIT, DiagClient, DiagPool
+from tracer.system import procfs
+from tracer.system.sockdiag import TCP_CLOSE_WAIT, DiagClient, DiagPool
 
 
 def _close_wait_sockets(n_v4: int = 3, n_v6: int = 2) -> list[socket.socket]:

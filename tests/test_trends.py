@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from tracer.model import NS_PER_S, Creator, Holder, Leak, SockTuple
-from tracer.trends import (
+from tracer.core.model import NS_PER_S, Creator, Holder, Leak, SockTuple
+from tracer.core.trends import (
     CountHistory,
     GroupStarts,
     Rate,

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import connected_pair, wait_until
-from tracer import procfs
-from tracer.model import NS_PER_S
-from tracer.targets import Targets
-from tracer.watch import Watcher
+from tracer.core.model import NS_PER_S
+from tracer.engine.watcher import Watcher
+from tracer.system import procfs
+from tracer.system.targets import Targets
 
 pytestmark = pytest.mark.bpf
 

@@ -1,5 +1,5 @@
 """Allow `python -m tracer`, which is what sudo sees when no console script is on root's PATH."""
 
-from tracer.cli import main
+from tracer.cli.app import main
 
 main()
