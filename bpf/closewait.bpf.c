@@ -5,10 +5,14 @@
  * has judged leaks, which thread and file descriptor finally let them go.
  *
  * Rules this file keeps:
- *  - It reads only tracepoint arguments and BPF helpers, never a kernel
- *    struct. BCC may compile it against headers of another kernel version,
- *    and tracepoint layouts are read from tracefs at load time, so this keeps
- *    it correct on any kernel that has the tracepoints (>= 4.16).
+ *  - It reads tracepoint arguments and BPF helpers, never a kernel struct
+ *    through the headers: BCC may compile it against headers of another
+ *    kernel version, and tracepoint layouts are read from tracefs at load
+ *    time, so this keeps it correct on any kernel that has the tracepoints
+ *    (>= 4.16). The one exception, the socket's network namespace, is read
+ *    with bpf_probe_read_kernel() at offsets taken from the running
+ *    kernel's own BTF at start-up (tracer/kernel/btf.py), never from the
+ *    headers; without BTF it is 0 (unknown) and user space says so.
  *  - Healthy connections cost a few map operations and nothing else: no
  *    event reaches user space unless user space asked for that socket.
  *    User space polls the closewait map instead (batch lookups).
@@ -21,6 +25,9 @@
  *                     buffer (>= 5.8) over the per-CPU perf buffer
  *  CW_FILTER_PIDS     record fd drops only for tgids in `targets`
  *  CW_MAX_LAT         latency histogram buckets (per process, port, slot)
+ *  CW_MAX_FDS         watched (pid, fd) pairs: dups and forks multiply them
+ *  CW_OFF_SKC_NET, CW_OFF_NET_INUM  BTF offsets of sock.__sk_common.skc_net.net
+ *                     and net.ns.inum (absent: netns unknown, 0)
  */
 #include <uapi/linux/ptrace.h>
 #include "closewait.h"
@@ -52,6 +59,17 @@ struct cw_sock {
     u64 fin_ns; /* when the FIN arrived */
     struct cw_tuple t;
     struct cw_creator c; /* how == 0: opened before closewait attached */
+    u32 netns;           /* inode of its network namespace; 0: unknown (no BTF) */
+    u32 pad;
+};
+
+/* A tuple is unique only within a network namespace: the key of sockets
+ * known by tuple (those in CLOSE_WAIT before attach). 48 bytes, no
+ * implicit padding. */
+struct cw_ns_tuple {
+    u32 netns; /* 0 when the kernel's BTF is not available */
+    u32 pad;
+    struct cw_tuple t;
 };
 
 /* The last fd-dropping syscall a thread entered. */
@@ -66,10 +84,11 @@ struct cw_fd_drop {
 /* Sent to user space when a watched socket leaves CLOSE_WAIT
  * (CW_EV_LEFT_CLOSE_WAIT), or when a target drops a watched fd
  * (CW_EV_FD_DROP: skaddr and states are zero).
- * Records are 48 bytes (56 in the ring buffer) and carry the tuple only for
- * sockets that were in CLOSE_WAIT before attach (CW_SRC_PREEXIST), which
- * user space knows by tuple: the buffer is sized for every watched socket
- * to end at once, so every byte here costs max_sockets bytes there. */
+ * Records are 48 bytes (56 in the ring buffer) and carry the namespace and
+ * tuple only for sockets that were in CLOSE_WAIT before attach
+ * (CW_SRC_PREEXIST), which user space knows by them: the buffer is sized for
+ * every watched socket to end at once, so every byte here costs max_sockets
+ * bytes there. */
 struct cw_event {
     u64 ts;
     u64 skaddr;
@@ -82,7 +101,7 @@ struct cw_event {
     u16 oldstate;
     u16 newstate;
     u32 source; /* CW_SRC_* */
-    struct cw_tuple t; /* last: sent only with CW_SRC_PREEXIST */
+    struct cw_ns_tuple t; /* last: sent only with CW_SRC_PREEXIST */
 };
 #define CW_EVENT_SHORT offsetof(struct cw_event, t)
 
@@ -120,9 +139,9 @@ BPF_HASH(watched, u64, u64, CW_MAX_SOCKS);
 
 /* Sockets that were in CLOSE_WAIT before attach and that user space judged
  * leaks. Their address is unknown (sock_diag does not expose it), so they are
- * matched by tuple, and only on the rare path of a CLOSE_WAIT exit that is
- * not in `closewait`. */
-BPF_HASH(preexist, struct cw_tuple, u8, CW_MAX_PREEXIST);
+ * matched by namespace and tuple, and only on the rare path of a CLOSE_WAIT
+ * exit that is not in `closewait`. */
+BPF_HASH(preexist, struct cw_ns_tuple, u8, CW_MAX_PREEXIST);
 
 /* With CW_FILTER_PIDS: tgid -> CW_TARGET (fd drops are recorded) or
  * CW_ANCESTOR (connections it opens are tracked, as a child may inherit them). */
@@ -136,7 +155,7 @@ struct cw_fd_key {
     u32 tgid;
     u32 fd;
 };
-BPF_HASH(watched_fds, struct cw_fd_key, u64, CW_MAX_SOCKS);
+BPF_HASH(watched_fds, struct cw_fd_key, u64, CW_MAX_FDS);
 /* tgid -> number of its watched fds, so close_range() needs one lookup. */
 BPF_HASH(watched_pids, u32, u32, CW_MAX_TARGETS);
 
@@ -152,6 +171,19 @@ struct cw_lat_key {
 BPF_HASH(close_latency, struct cw_lat_key, u64, CW_MAX_LAT);
 
 BPF_PERCPU_ARRAY(stats, u64, CW_STAT_MAX);
+
+/* The last socket this CPU saw receive an RST (tcp:tcp_receive_reset).
+ * tcp_reset() fires that tracepoint, then moves the socket to CLOSE in the
+ * same call on the same CPU (softirq, not preemptible), so a CLOSE_WAIT ->
+ * CLOSE transition of the socket recorded here is the peer's RST, and any
+ * other one is our own tcp_close() with unread data (an RST we send), in
+ * the closing thread. A per-CPU slot, not a map keyed by socket: the two
+ * are never more than a few instructions apart. */
+struct cw_reset {
+    u64 sk;
+    u64 ts;
+};
+BPF_PERCPU_ARRAY(last_reset, struct cw_reset, 1);
 
 /* Never written: it exists so that BCC hands Python a ctypes class for
  * struct cw_event (BCC derives classes for map leaves, nested structs
@@ -188,6 +220,21 @@ static __always_inline void stat_add(u32 idx)
         }                                                          \
     } while (0)
 
+/* The socket's network namespace inode (what /proc/PID/ns/net and sock_diag
+ * name), read at BTF-derived offsets; 0 without them. Two probe reads, on
+ * the FIN and on the rare pre-existing path only (about 70 ns here). */
+static __always_inline u32 sock_netns(u64 sk)
+{
+    u32 inum = 0;
+#ifdef CW_OFF_SKC_NET
+    u64 net = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + CW_OFF_SKC_NET));
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + CW_OFF_NET_INUM));
+#endif
+    return inum;
+}
+
 static __always_inline void remove_creator(u64 sk)
 {
     if (conns.delete(&sk) == 0)
@@ -219,6 +266,7 @@ static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
     struct cw_sock s = {};
     s.fin_ns = bpf_ktime_get_ns();
     s.t = *t;
+    s.netns = sock_netns(sk);
     struct cw_creator *c = conns.lookup(&sk);
     if (c) {
         s.c = *c;
@@ -318,36 +366,50 @@ static __always_inline void record_latency(u32 tgid, const struct cw_sock *s, u6
         stat_add(CW_STAT_LAT_FULL);
 }
 
+/* Whether this CLOSE_WAIT -> CLOSE is the peer's RST (see last_reset). */
+static __always_inline int reset_received(u64 sk, u64 now)
+{
+    u32 zero = 0;
+    struct cw_reset *r = last_reset.lookup(&zero);
+    return r && r->sk == sk && now - r->ts < 1000000ULL;
+}
+
 /* Leaving CLOSE_WAIT. When the application drops the last reference to the
  * socket (close() and friends), tcp_close() moves it to LAST_ACK, or to CLOSE
  * with an RST when unread data was still queued, in the closing thread, right
  * after that thread's fd drop. An RST from the peer moves it to CLOSE in
- * softirq, where the current task is unrelated and has no recent fd drop; so
- * does a keepalive timeout. User space also checks whether the fds that held
- * the socket still do. */
+ * softirq, where the current task is unrelated (reset_received() tells);
+ * so does a keepalive timeout (rare: keepalive is off by default). User
+ * space also checks whether the fds that held the socket still do. */
 static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_tuple *t,
                                              int oldstate, int newstate)
 {
     struct cw_event e = {};
     struct cw_fd_drop drop = {};
-    /* (the event's tuple is filled only on the pre-existing path) */
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u32 tid = (u32)id;
     u64 now = bpf_ktime_get_ns();
-    int dropped = take_fd_drop(tid, now, &drop);
     struct cw_sock *s = closewait.lookup(&sk);
+    int dropped = 0;
 
     stat_add(CW_STAT_CW_LEFT);
     if (s) {
         u64 fin_ns = s->fin_ns;
+        /* The thread's fd drop is taken only for a socket that matters: a
+         * softirq running on top of a thread between its close() and the
+         * release would otherwise consume that thread's drop for an
+         * unrelated socket. */
+        dropped = take_fd_drop(tid, now, &drop);
         /* -> LAST_ACK is set only by tcp_close() and tcp_shutdown(), in the
-         * task that called them: a close by the current task even when the
-         * close-family syscall probes are not attached (they are attached
-         * only while leaks are watched: enabling any syscall tracepoint
-         * slows every syscall of every task). -> CLOSE is also what an RST
-         * from the peer does, in softirq: counted only after an fd drop. */
-        if ((newstate == CW_TCP_LAST_ACK || dropped) && is_target(tgid))
+         * task that called them, and -> CLOSE without a received RST only by
+         * tcp_close() with unread data: both are closes by the current task
+         * even when the close-family syscall probes are not attached (they
+         * are attached only while leaks are watched: enabling any syscall
+         * tracepoint slows every syscall of every task). */
+        int closed = newstate == CW_TCP_LAST_ACK || dropped ||
+                     (newstate == CW_TCP_CLOSE && !reset_received(sk, now));
+        if (closed && is_target(tgid))
             record_latency(tgid, s, now - fin_ns);
         closewait.delete(&sk);
         u64 *judged = watched.lookup(&sk);
@@ -362,10 +424,12 @@ static __always_inline void leave_close_wait(void *ctx, u64 sk, const struct cw_
         e.source = CW_SRC_MAP;
     } else {
         /* Rare: in CLOSE_WAIT since before attach, or the map was full. */
-        e.t = *t;
+        e.t.netns = sock_netns(sk);
+        e.t.t = *t;
         if (preexist.lookup(&e.t) == 0)
             return;
         preexist.delete(&e.t);
+        dropped = take_fd_drop(tid, now, &drop);
         e.source = CW_SRC_PREEXIST;
     }
 
@@ -493,5 +557,48 @@ int cw_sys_enter_dup(struct cw_sys_enter *ctx)
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     record_fd_drop(args, CW_DROP_EXIT, 0, 0xffffffff);
+    return 0;
+}
+
+/* execve() closed the close-on-exec fds: sched_process_exec fires after
+ * begin_new_exec() has done so, and their sockets are released by task_work
+ * on the way back to user space, in this thread. Which fds went is not
+ * known here: a range over every fd, so that user space re-reads the fd
+ * table of a target with watched fds. Rare; always attached. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    record_fd_drop(args, CW_DROP_EXEC, 0, 0xffffffff);
+    return 0;
+}
+
+/* An io_uring close (IORING_OP_CLOSE) drops an fd without any close-family
+ * syscall. The tracepoint has the opcode but not the fd: like exec, a range
+ * over every fd. Attached only while leaks are watched, with the syscall
+ * probes: it fires for every io_uring submission on the host. */
+struct cw_uring_submit {
+    u64 common;
+    u64 ctx;
+    u64 req;
+    u64 user_data;
+    u8 opcode;
+};
+
+int cw_io_uring_submit(struct cw_uring_submit *ctx)
+{
+    if (ctx->opcode == CW_IORING_OP_CLOSE)
+        record_fd_drop(ctx, CW_DROP_URING, 0, 0xffffffff);
+    return 0;
+}
+
+/* The peer's RST: remembered for the state change that follows on this CPU
+ * (see last_reset). Fires only for RSTs received. */
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+    u32 zero = 0;
+    struct cw_reset *r = last_reset.lookup(&zero);
+    if (r) {
+        r->sk = (u64)args->skaddr;
+        r->ts = bpf_ktime_get_ns();
+    }
     return 0;
 }

@@ -32,6 +32,11 @@
 #define CW_DROP_CLOSE_RANGE 2
 #define CW_DROP_EXIT 3 /* the thread is exiting: its fd table may be released */
 #define CW_DROP_DUP2 4 /* dup2()/dup3() onto an open fd closes it first */
+#define CW_DROP_EXEC 5 /* execve() closed the close-on-exec fds (fd unknown) */
+#define CW_DROP_URING 6 /* an io_uring IORING_OP_CLOSE was submitted (fd unknown) */
+
+/* io_uring's opcode for close (include/uapi/linux/io_uring.h). */
+#define CW_IORING_OP_CLOSE 19
 
 /* struct cw_event.kind */
 #define CW_EV_LEFT_CLOSE_WAIT 1 /* a watched socket left CLOSE_WAIT */

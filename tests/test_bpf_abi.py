@@ -11,8 +11,8 @@ from pyroute2.netlink.diag import SS_CLOSE, SS_CLOSE_WAIT, SS_ESTABLISHED, SS_LA
 
 from tracer.kernel import preflight
 from tracer.kernel.abi import constants
-from tracer.kernel.probe import available_syscall_probes
-from tracer.kernel.tracepoints import SYSCALL_PROBES
+from tracer.kernel.probe import available_close_probes
+from tracer.kernel.tracepoints import CLOSE_PROBES, TRACEPOINTS
 
 
 def test_header_constants_match_the_kernel_abi() -> None:
@@ -34,9 +34,11 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
     b = probe._bpf
     tuple_t = b[b"closewait"].Leaf._fields_[1][1]
     assert ctypes.sizeof(tuple_t) == 40, "cw_tuple must stay 40 bytes without padding (hash key)"
-    assert ctypes.sizeof(b[b"preexist"].Key) == 40
     names = lambda t: [f[0] for f in t._fields_]  # noqa: E731
-    assert names(b[b"closewait"].Leaf) == ["fin_ns", "t", "c"]
+    key = b[b"preexist"].Key
+    assert ctypes.sizeof(key) == 48, "cw_ns_tuple must stay 48 bytes without padding (hash key)"
+    assert names(key) == ["netns", "pad", "t"]
+    assert names(b[b"closewait"].Leaf) == ["fin_ns", "t", "c", "netns", "pad"]
     assert names(tuple_t) == ["family", "sport", "dport", "pad", "saddr", "daddr"]
     assert names(b[b"closewait"].Leaf._fields_[2][1])[:5] == [
         "opened_ns",
@@ -52,7 +54,7 @@ def test_bcc_layouts_have_the_fields_python_reads(probe) -> None:
 
     event = b[b"event_layout"].Leaf
     assert event.t.offset + 8 == EVENT_RECORD_BYTES  # short record + ring buffer header
-    assert ctypes.sizeof(event) == event.t.offset + 40
+    assert ctypes.sizeof(event) == event.t.offset + 48
 
 
 @pytest.mark.bpf
@@ -107,12 +109,20 @@ SYSCALL_ARGS = {
 @pytest.mark.bpf
 def test_syscall_records_have_the_layout_the_probes_read(probe) -> None:
     """bpf/closewait.bpf.c reads sys_enter_* records as struct cw_sys_enter
-    (number at 8, 8-byte arguments from 16): true of every probe it attaches."""
-    assert set(SYSCALL_PROBES) == set(SYSCALL_ARGS)
-    available = available_syscall_probes()
-    assert {"sys_enter_close", "sys_enter_dup3"} <= set(available)
-    for event in available:
-        fields = _format_fields(f"syscalls/{event}")
-        assert fields["__syscall_nr"] == (8, 4), event
-        for i, name in enumerate(SYSCALL_ARGS[event]):
-            assert fields[name] == (16 + 8 * i, 8), (event, name)
+    (number at 8, 8-byte arguments from 16), and io_uring_submit_req's opcode
+    at 32: the table's layouts say so, and this kernel's records agree."""
+    syscalls = {n.split(":")[1] for n in CLOSE_PROBES if n.startswith("syscalls:")}
+    assert syscalls == set(SYSCALL_ARGS)
+    available = available_close_probes()
+    assert {"syscalls:sys_enter_close", "syscalls:sys_enter_dup3"} <= set(available)
+    assert "io_uring:io_uring_submit_req" in available  # Linux >= 5.18 here
+    for tp in TRACEPOINTS:
+        if tp.name not in available:
+            continue
+        fields = _format_fields(f"{tp.category}/{tp.event}")
+        if tp.category == "syscalls":
+            assert fields["__syscall_nr"] == (8, 4), tp.name
+            for i, name in enumerate(SYSCALL_ARGS[tp.event]):
+                assert fields[name] == (16 + 8 * i, 8), (tp.name, name)
+        for name, off, size in tp.layout:
+            assert fields[name] == (off, size), (tp.name, name)

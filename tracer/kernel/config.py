@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.kernel import preflight
+from tracer.kernel import btf, preflight
 from tracer.kernel.abi import bpf_dir
 
 # Limits for map sizes given on the command line: the BPF hash maps are
@@ -32,6 +32,19 @@ class ProbeConfig:
     buffer_pages: int | None = None  # event buffer in pages (power of two); None: sized below
     filter_pids: bool = False  # record fd drops of targets only
     ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
+    # Read each socket's network namespace at the offsets the kernel's BTF
+    # gives (False: never; tests use it for the no-BTF fallback).
+    netns: bool = True
+
+    @property
+    def max_fds(self) -> int:
+        """(pid, fd) marks: a leaked socket may be held by several fds (dups)
+        and processes (fork children), so twice the sockets."""
+        return 2 * self.max_sockets
+
+    @property
+    def netns_offsets(self) -> tuple[int, int] | None:
+        return btf.netns_offsets_here() if self.netns else None
 
     @property
     def pages(self) -> int:
@@ -56,7 +69,11 @@ class ProbeConfig:
             f"-DCW_MAX_TARGETS={self.max_targets}",
             f"-DCW_RINGBUF_PAGES={self.pages}",
             f"-DCW_MAX_LAT={self.max_latency_buckets}",
+            f"-DCW_MAX_FDS={self.max_fds}",
         ]
+        offsets = self.netns_offsets
+        if offsets is not None:
+            flags += [f"-DCW_OFF_SKC_NET={offsets[0]}", f"-DCW_OFF_NET_INUM={offsets[1]}"]
         if use_rb:
             flags.append("-DCW_USE_RINGBUF")
         if self.filter_pids:

@@ -20,6 +20,8 @@ DROP_NAMES = {
     const("CW_DROP_CLOSE_RANGE"): "close_range",
     const("CW_DROP_EXIT"): "exit",
     const("CW_DROP_DUP2"): "dup2",
+    const("CW_DROP_EXEC"): "exec",
+    const("CW_DROP_URING"): "io_uring",
 }
 SIDE_NAMES = {const("CW_SIDE_REMOTE"): "remote", const("CW_SIDE_LOCAL"): "local"}
 
@@ -60,7 +62,8 @@ class EventDecoder:
         return LeftCloseWait(
             ts_ns=e.ts,
             sk=e.skaddr,
-            tuple=decode_tuple(e.t) if preexisting else None,
+            tuple=decode_tuple(e.t.t) if preexisting else None,
+            netns=e.t.netns if preexisting else 0,
             tgid=e.tgid,
             tid=e.tid,
             comm=comm,
@@ -100,7 +103,9 @@ def decode_sock(sk: int, v: Any) -> KernelSock:
             comm=bytes(c.comm).rstrip(b"\0").decode("utf-8", "surrogateescape"),
             accepted=c.how == const("CW_OPENED_ACCEPT"),
         )
-    return KernelSock(sk=sk, fin_ns=v.fin_ns, tuple=decode_tuple(v.t), creator=creator)
+    return KernelSock(
+        sk=sk, fin_ns=v.fin_ns, tuple=decode_tuple(v.t), creator=creator, netns=v.netns
+    )
 
 
 def fd_key(key_type: Any, pid: int, fd: int) -> Any:
@@ -109,11 +114,13 @@ def fd_key(key_type: Any, pid: int, fd: int) -> Any:
     return k
 
 
-def tuple_key(key_type: Any, t: SockTuple) -> Any:
+def ns_tuple_key(key_type: Any, netns: int, t: SockTuple) -> Any:
+    """A struct cw_ns_tuple: the key of sockets known by namespace and tuple."""
     k = key_type()
-    k.family, k.sport, k.dport = t.family, t.local_port, t.remote_port
+    k.netns = netns
+    k.t.family, k.t.sport, k.t.dport = t.family, t.local_port, t.remote_port
     src, dst = t.addr_bytes()
     for i in range(16):
-        k.saddr[i] = src[i]
-        k.daddr[i] = dst[i]
+        k.t.saddr[i] = src[i]
+        k.t.daddr[i] = dst[i]
     return k

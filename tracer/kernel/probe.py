@@ -30,9 +30,9 @@ from tracer.kernel.decode import (
     EventDecoder,
     decode_sock,
     fd_key,
-    tuple_key,
+    ns_tuple_key,
 )
-from tracer.kernel.tracepoints import TRACEPOINTS, present
+from tracer.kernel.tracepoints import TRACEPOINTS, usable
 
 
 class KernelProbe:
@@ -55,6 +55,8 @@ class KernelProbe:
         cflags = self.config.cflags()
         self._bpf, self.compile_messages = compile_program(self.config, verbose)
         self.ring_buffer = "-DCW_USE_RINGBUF" in cflags
+        # Whether kernel entries carry their network namespace (BTF offsets).
+        self.netns_known = any(f.startswith("-DCW_OFF_SKC_NET=") for f in cflags)
         b = self._bpf
         self._closewait = b[b"closewait"]
         self._watched = b[b"watched"]
@@ -68,11 +70,11 @@ class KernelProbe:
         self._latency = b[b"close_latency"]
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._decoder = EventDecoder(b[b"event_layout"].Leaf)
-        # TRACEPOINT_PROBEs are attached at load; the syscall probes only
-        # while some leak is watched (set_syscall_probes).
-        self._syscall_probes = available_syscall_probes()
-        self.syscall_probes_attached = False
-        for fn in set(self._syscall_probes.values()):
+        # TRACEPOINT_PROBEs are attached at load; the close probes only
+        # while some leak is watched (set_close_probes).
+        self._close_probes = available_close_probes()
+        self.close_probes_attached = False
+        for fn in set(self._close_probes.values()):
             # Verified now, so that a program the kernel rejects fails at
             # start-up rather than at the first leak.
             try:
@@ -153,14 +155,16 @@ class KernelProbe:
     def watched(self) -> dict[int, int]:
         return {k.value: v.value for k, v in self._watched.items()}
 
-    def watch_preexisting(self, t: SockTuple) -> bool:
-        """Ask for an event when a socket in CLOSE_WAIT since before attach leaves it."""
+    def watch_preexisting(self, netns: int, t: SockTuple) -> bool:
+        """Ask for an event when a socket in CLOSE_WAIT since before attach
+        leaves it. netns: its namespace inode, or 0 when the kernel cannot
+        read namespaces (netns_known is False)."""
         p = self._preexist
-        return bpf_maps.update(p, tuple_key(p.Key, t), p.Leaf(1))
+        return bpf_maps.update(p, ns_tuple_key(p.Key, netns, t), p.Leaf(1))
 
-    def unwatch_preexisting(self, t: SockTuple) -> None:
+    def unwatch_preexisting(self, netns: int, t: SockTuple) -> None:
         p = self._preexist
-        bpf_maps.delete(p, tuple_key(p.Key, t))
+        bpf_maps.delete(p, ns_tuple_key(p.Key, netns, t))
 
     def watch_fd(self, pid: int, fd: int, inode: int) -> bool:
         """Ask for an event when pid drops fd, which holds leaked socket inode."""
@@ -228,17 +232,16 @@ class KernelProbe:
             self.decode_errors += 1
         return 0
 
-    def set_syscall_probes(self, on: bool) -> None:
-        """Attach or detach the close-family syscall tracepoints."""
-        if self._bpf is None or on == self.syscall_probes_attached:
+    def set_close_probes(self, on: bool) -> None:
+        """Attach or detach the close probes (close-family syscalls, io_uring)."""
+        if self._bpf is None or on == self.close_probes_attached:
             return
-        for tp, fn in self._syscall_probes.items():
-            name = f"syscalls:{tp}".encode()
+        for tp, fn in self._close_probes.items():
             if on:
-                self._bpf.attach_tracepoint(tp=name, fn_name=fn.encode())
+                self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
             else:
-                self._bpf.detach_tracepoint(tp=name)
-        self.syscall_probes_attached = on
+                self._bpf.detach_tracepoint(tp=tp.encode())
+        self.close_probes_attached = on
 
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
@@ -258,7 +261,8 @@ class KernelProbe:
         return out
 
 
-def available_syscall_probes() -> dict[str, str]:
-    """Syscall tracepoint -> C function, for those this kernel has."""
+def available_close_probes() -> dict[str, str]:
+    """ "category:event" -> C function, for the close probes this kernel has
+    with the record layout the C function reads."""
     root = preflight.tracefs_root()
-    return {tp.event: tp.function for tp in TRACEPOINTS if tp.function and present(root, tp)}
+    return {tp.name: tp.function for tp in TRACEPOINTS if tp.function and usable(root, tp)}
