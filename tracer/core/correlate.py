@@ -6,10 +6,10 @@ tcp_info), the targets' fds from /proc (inode -> holders), and the events of
 watched sockets that left CLOSE_WAIT. Output: the leaks, the leaks that
 ended, and what the kernel should watch next.
 
-The join: sock_diag gives tuple and inode; the BPF map gives tuple and FIN
-time; /proc gives inode and fd. Tuples are unique per network namespace
-only, while the BPF map spans all of them, so a tuple found twice in the map
-is resolved by the FIN time closest to sock_diag's estimate.
+The join: sock_diag gives namespace, tuple and inode; the BPF map gives
+namespace (where the kernel has BTF), tuple and FIN time; /proc gives inode
+and fd. See KernelIndex for tuples that two namespaces share. The leak
+lifecycle over refreshes is tracker.LeakTracker.
 """
 
 from __future__ import annotations
@@ -88,22 +88,39 @@ class Changes:
 
 
 class KernelIndex:
-    """The closewait map indexed by tuple, for joining with sock_diag."""
+    """The closewait map indexed for the join with sock_diag.
 
-    def __init__(self, kernel: dict[int, KernelSock]) -> None:
+    A tuple is unique only within a network namespace. Kernel entries that
+    carry their namespace (read through BTF offsets) join on (namespace,
+    tuple): exact. Entries without one (no BTF) join on the tuple alone, and
+    only where that cannot be wrong: a tuple found twice in the map, or in
+    the sock_diag dumps of two namespaces, joins nothing, so those sockets
+    get estimated ages and ends rather than another socket's.
+    """
+
+    def __init__(self, kernel: dict[int, KernelSock], diag: Iterable[DiagSock] = ()) -> None:
+        self._by_ns: dict[tuple[int, SockTuple], KernelSock] = {}
         self._by_tuple: dict[SockTuple, list[KernelSock]] = {}
         for ks in kernel.values():
-            self._by_tuple.setdefault(ks.tuple, []).append(ks)
+            if ks.netns:
+                self._by_ns[(ks.netns, ks.tuple)] = ks
+            else:
+                self._by_tuple.setdefault(ks.tuple, []).append(ks)
+        self._shared: set[SockTuple] = set()
+        if self._by_tuple:
+            first_ns: dict[SockTuple, int] = {}
+            for d in diag:
+                if d.tuple in self._by_tuple and first_ns.setdefault(d.tuple, d.netns) != d.netns:
+                    self._shared.add(d.tuple)
 
-    def match(self, d: DiagSock, now_ns: int) -> KernelSock | None:
+    def match(self, d: DiagSock) -> KernelSock | None:
+        ks = self._by_ns.get((d.netns, d.tuple))
+        if ks is not None:
+            return ks
         found = self._by_tuple.get(d.tuple)
-        if not found:
-            return None
-        if len(found) == 1:
+        if found and len(found) == 1 and d.tuple not in self._shared:
             return found[0]
-        # Same tuple in several namespaces: take the FIN closest to the estimate.
-        guess = estimated_fin_ns(d, now_ns)
-        return min(found, key=lambda ks: abs(ks.fin_ns - guess))
+        return None
 
 
 def estimated_fin_ns(d: DiagSock, now_ns: int) -> int:
@@ -119,237 +136,10 @@ def estimated_fin_ns(d: DiagSock, now_ns: int) -> int:
 
 def fin_time(d: DiagSock, index: KernelIndex, now_ns: int) -> tuple[int, bool, KernelSock | None]:
     """(FIN time, exact?, kernel entry) for a sock_diag socket."""
-    ks = index.match(d, now_ns)
+    ks = index.match(d)
     if ks is not None:
         return ks.fin_ns, True, ks
     return estimated_fin_ns(d, now_ns), False, None
-
-
-class LeakTracker:
-    """Leaks across refreshes: which sockets are leaking, since when, until when.
-
-    A leak is a socket in CLOSE_WAIT for at least min_age whose inode a
-    target fd still holds; it lists every holder the observation knows,
-    targets first. It ends when a kernel event says the socket left
-    CLOSE_WAIT, when a refresh no longer finds it in CLOSE_WAIT, or when no
-    target holds it any more.
-    """
-
-    def __init__(self, min_age_s: float, attach_ns: int) -> None:
-        self.min_age_ns = int(min_age_s * NS_PER_S)
-        self.attach_ns = attach_ns
-        self.leaks: dict[int, Leak] = {}
-        self._by_sk: dict[int, int] = {}
-        self._by_tuple: dict[SockTuple, int] = {}
-        self.targets: frozenset[int] | None = None  # from the last observation
-        self._sorted: list[Leak] | None = None
-        # Names and cgroups of holders, shared by every leak; a process that
-        # exited keeps its last known name while a leak still names it.
-        self.procs: dict[int, ProcInfo] = {}
-        self.holders_changed = True  # some leak's holders changed since last cleared
-
-    # -- queries used before holders are read --------------------------------
-
-    def candidates(
-        self, obs_diag: Iterable[DiagSock], index: KernelIndex, now_ns: int
-    ) -> list[DiagSock]:
-        """CLOSE_WAIT sockets old enough to be leaks and not yet known as leaks:
-        the ones whose holders must be looked up in /proc."""
-        out = []
-        for d in obs_diag:
-            if d.inode in self.leaks:
-                continue
-            fin, _exact, _ks = fin_time(d, index, now_ns)
-            if now_ns - fin >= self.min_age_ns:
-                out.append(d)
-        return out
-
-    # -- the refresh ---------------------------------------------------------
-
-    def update(self, obs: Observation, still_holding: StillHolding) -> Changes:
-        self.targets = obs.targets
-        self.procs.update(obs.procs)
-        ch = self.apply_events(obs.events, still_holding)
-        if obs.diag is None:
-            return ch
-        now = obs.now_ns
-
-        index = KernelIndex(obs.kernel)
-        seen: set[int] = set()
-        for d in obs.diag:
-            seen.add(d.inode)
-            leak = self.leaks.get(d.inode)
-            raw = obs.holders.get(d.inode)
-            if leak is not None and raw is not None and raw == leak._raw_holders:
-                leak.update(recv_q=d.recv_q)  # the common case: nothing else changed
-                continue
-            mine, others = obs.ordered_holders(d.inode)
-            if leak is not None:
-                if mine:
-                    leak._raw_holders = raw
-                    if leak.update(holders=mine + others if others else mine, recv_q=d.recv_q):
-                        self.holders_changed = True
-                else:
-                    self._drop(leak)
-                    ch.unwatch.append(leak)
-                    ch.ended.append(self._released(leak, now, obs.exited, others))
-                continue
-            if not mine:
-                if not others and obs.holders_complete:
-                    fin, _exact, _ks = fin_time(d, index, now)
-                    ch.unheld += now - fin >= max(self.min_age_ns, UNHELD_MIN_AGE_NS)
-                continue
-            fin, exact, ks = fin_time(d, index, now)
-            if now - fin < self.min_age_ns:
-                continue
-            leak = Leak(
-                inode=d.inode,
-                netns=d.netns,
-                tuple=d.tuple,
-                fin_ns=fin,
-                age_exact=exact,
-                preexisting=not exact and fin < self.attach_ns,
-                holders=mine + others if others else mine,
-                recv_q=d.recv_q,
-                uid=d.uid,
-                sk=ks.sk if ks else None,
-                creator=ks.creator if ks else None,
-                procs=self.procs,
-            )
-            leak._raw_holders = raw
-            self._add(leak)
-            ch.new.append(leak)
-            ch.watch.append(leak)
-
-        for leak in list(self.leaks.values()):
-            if leak.inode in seen:
-                continue
-            if leak.netns not in obs.queried_netns:
-                # Nobody left to query that namespace through: its holders exited.
-                if {h.pid for h in leak.holders} <= obs.exited:
-                    self._drop(leak)
-                    ch.unwatch.append(leak)
-                    ch.ended.append(LeakEnded(leak, now, "exited", exact=False))
-                continue
-            # Left CLOSE_WAIT without an event: lost, or unwatched (map full).
-            self._drop(leak)
-            ch.unwatch.append(leak)
-            still = still_holding(leak)
-            ch.ended.append(
-                LeakEnded(
-                    leak=leak,
-                    ts_ns=now,
-                    reason="reset" if still else "closed",
-                    exact=False,
-                    still_held=still,
-                )
-            )
-        return ch
-
-    def apply_events(
-        self, events: Iterable[LeftCloseWait | FdDrop], still_holding: StillHolding
-    ) -> Changes:
-        """Apply kernel events in order: sockets out of CLOSE_WAIT end their
-        leaks; watched fds dropped while the socket survives are reported."""
-        ch = Changes()
-        for ev in events:
-            if isinstance(ev, FdDrop):
-                self._fd_dropped(ev, still_holding, ch)
-                continue
-            leak = self._find(ev)
-            if leak is not None:
-                self._drop(leak)
-                ch.ended.append(end_from_event(leak, ev, still_holding(leak)))
-        return ch
-
-    def _fd_dropped(self, ev: FdDrop, still_holding: StillHolding, ch: Changes) -> None:
-        """A target dropped an fd of a leaked socket (close, close_range, dup2).
-
-        If nothing holds the socket any more, its CLOSE_WAIT exit follows and
-        explains everything: nothing to say here. If other fds still hold it
-        (a dup, a forked child), the socket stays in CLOSE_WAIT: say so, since
-        no state change will. The leak ends if no target is among them.
-        """
-        via = ev.via
-        for leak in list(self.leaks.values()):
-            dropped = [h for h in leak.holders if h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi]
-            if not dropped:
-                continue
-            still = still_holding(leak)
-            gone = [h for h in dropped if h not in still]
-            if not still or not gone:
-                continue  # socket released (an exit event follows), or the drop failed
-            ch.released_fds.append(
-                FdReleased(leak, ev.ts_ns, ev.tgid, ev.tid, ev.comm, gone[0].fd, via, still)
-            )
-            leak.update(holders=still)
-            self.holders_changed = True
-            if not any(is_target(self.targets, h.pid) for h in still):
-                self._drop(leak)
-                ch.ended.append(
-                    LeakEnded(
-                        leak,
-                        ev.ts_ns,
-                        "released",
-                        exact=True,
-                        by_pid=ev.tgid,
-                        by_tid=ev.tid,
-                        by_comm=ev.comm,
-                        by_fd=gone[0].fd,
-                        drop=via,
-                        still_held=still,
-                    )
-                )
-
-    def prune_procs(self) -> None:
-        """Forget processes no leak names any more (called once per refresh)."""
-        if len(self.procs) > 2 * len(self.leaks) + 64:
-            named = {h.pid for lk in self.leaks.values() for h in lk.holders}
-            for pid in [p for p in self.procs if p not in named]:
-                del self.procs[pid]
-
-    def sorted_leaks(self) -> list[Leak]:
-        """Oldest FIN first (then by inode, for a stable order). Sorted again
-        only when the set of leaks changed: reports ask for it twice each."""
-        if self._sorted is None:
-            self._sorted = sorted(self.leaks.values(), key=_by_age)
-        return self._sorted
-
-    # -- bookkeeping ---------------------------------------------------------
-
-    def _find(self, ev: LeftCloseWait) -> Leak | None:
-        inode = self._by_tuple.get(ev.tuple) if ev.preexisting else self._by_sk.get(ev.sk)
-        return self.leaks.get(inode) if inode is not None else None
-
-    def _add(self, leak: Leak) -> None:
-        self.holders_changed = True
-        self._sorted = None
-        self.leaks[leak.inode] = leak
-        if leak.sk is not None:
-            self._by_sk[leak.sk] = leak.inode
-        else:
-            self._by_tuple[leak.tuple] = leak.inode
-
-    def _drop(self, leak: Leak) -> None:
-        self.holders_changed = True
-        self._sorted = None
-        self.leaks.pop(leak.inode, None)
-        if leak.sk is not None:
-            self._by_sk.pop(leak.sk, None)
-        elif self._by_tuple.get(leak.tuple) == leak.inode:
-            del self._by_tuple[leak.tuple]
-
-    @staticmethod
-    def _released(leak: Leak, now: int, exited: set[int], others: list[Holder]) -> LeakEnded:
-        """No target fd holds the socket any more, yet it is still in CLOSE_WAIT
-        (held by `others`, or by something closewait cannot see)."""
-        target_pids = {h.pid for h in leak.holders} - {h.pid for h in others}
-        reason = "exited" if target_pids <= exited else "released"
-        return LeakEnded(leak, now, reason, exact=False, still_held=others)
-
-
-def _by_age(leak: Leak) -> tuple[int, int]:
-    return (leak.fin_ns, leak.inode)
 
 
 def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEnded:

@@ -93,6 +93,7 @@ class KernelSock(NamedTuple):
     fin_ns: int
     tuple: SockTuple
     creator: Creator | None
+    netns: int = 0  # inode of its network namespace; 0: unknown (no BTF)
 
 
 class DiagSock(NamedTuple):
@@ -133,6 +134,7 @@ class LeftCloseWait(NamedTuple):
     ts_ns: int
     sk: int
     tuple: SockTuple | None  # only for sockets in CLOSE_WAIT before attach
+    netns: int  # with tuple: its namespace as the kernel read it (0: unknown)
     tgid: int
     tid: int
     comm: str
@@ -152,7 +154,9 @@ class FdDrop(NamedTuple):
     tgid: int
     tid: int
     comm: str
-    via: str  # "close", "close_range" or "dup2"
+    # "close", "close_range", "dup2"; "exec" (close-on-exec) and "io_uring"
+    # (IORING_OP_CLOSE) do not say which fd: fd_lo..fd_hi covers them all.
+    via: str
     fd_lo: int
     fd_hi: int
 

@@ -56,17 +56,19 @@ def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) ->
         for message in watcher.notices:
             out.notice(message)
         watcher.notices.clear()
-        for r in changes.released_fds:
-            out.fd_released(r)
-        for e in changes.ended:
-            out.ended(e)
+        out.changes(changes.released_fds, changes.ended)
+
+    def report(final: bool = False) -> None:
+        # Every fd a report names is checked first (Watcher.verify).
+        emit(watcher.verify(out.shown(watcher.leaks())))
+        out.report(watcher.leaks(), watcher.summary(time.time(), final=final))
 
     with gcpause.paused():
         changes = watcher.refresh()
     emit(changes)
     while not (stop or watcher.finished() or expired()):
         with gcpause.paused():
-            out.report(watcher.leaks(), watcher.summary(time.time()))
+            report()
         next_refresh = time.monotonic() + options.interval_s
         if deadline is not None:
             next_refresh = min(next_refresh, deadline)
@@ -78,4 +80,4 @@ def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) ->
     if watcher.finished():
         out.notice("every target has exited")
     with gcpause.paused():
-        out.report(watcher.leaks(), watcher.summary(time.time(), final=True))
+        report(final=True)

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 from tracer.core.containers import container_of
-from tracer.core.correlate import LeakTracker, Observation
+from tracer.core.correlate import Observation
 from tracer.core.model import Leak
 from tracer.core.summary import ProcessRank
+from tracer.core.tracker import LeakTracker
 from tracer.system import procfs
 from tracer.system.gather import dump_close_wait, process_facts
 from tracer.system.sockdiag import DiagPool

@@ -18,10 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tracer.core.correlate import Changes, KernelIndex, LeakTracker, Observation, is_target
+from tracer.core.correlate import Changes, KernelIndex, Observation, fin_time, is_target
 from tracer.core.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait, leaks_per_pid
 from tracer.core.summary import ProcessTrend, Summary
+from tracer.core.tracker import LeakTracker
 from tracer.core.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
+from tracer.engine.watchlist import WatchList
 from tracer.kernel.probe import KernelProbe
 from tracer.system import procfs
 from tracer.system.fdindex import FdIndex
@@ -33,8 +35,8 @@ from tracer.system.targets import TargetPoll, Targets
 # this often, to refresh Recv-Q and holders and to notice what events cannot
 # say (a dup or fork adding a holder, a socket passed between processes).
 RECONCILE_EVERY_S = 30.0
-# The close-family syscall probes stay attached this long after the last leak.
-SYSCALL_PROBES_LINGER_S = 30.0
+# The close probes stay attached this long after the last leak.
+CLOSE_PROBES_LINGER_S = 30.0
 # Open-fd counts (for the fd-limit forecast) are refreshed at most this often.
 OPEN_FDS_EVERY_S = 10.0
 OPEN_FDS_CHEAP = 1024  # below this many fds, counting is cheap enough every time
@@ -54,7 +56,9 @@ class Watcher:
         self.targets = targets
         self.clock = clock
         self.started_ns = clock()
-        self.tracker = LeakTracker(min_age_s, attach_ns=self.started_ns)
+        self.tracker = LeakTracker(
+            min_age_s, attach_ns=self.started_ns, netns_known=probe.netns_known
+        )
         self.pool = DiagPool()
         self._foreign: set[int] = set()  # CLOSE_WAIT inodes no target held at the last scan
         self._last_full_scan = 0
@@ -62,8 +66,13 @@ class Watcher:
         self.unheld = 0  # sockets in CLOSE_WAIT no process holds (with --all)
         self._reported: set[str] = set()  # problems already shown once
         self.notices: list[str] = []
-        self._fd_watched: dict[int, set[int]] = {}  # pid -> fds marked in the kernel
+        self.watchlist = WatchList(probe, self.tracker, self.notices.append)
         self.fds = FdIndex()
+        # When a socket in CLOSE_WAIT since before attach, seen by the last
+        # dump but too young then, becomes old enough to be a leak: the next
+        # dump is due then, not at the 30-s reconcile.
+        self._due_ns: int | None = None
+        self._compat: dict[int, bool] = {}  # pid -> 32-bit (closes not traced)
         self._events_lost = 0
         self._dumped = False
         self._last_dump = 0
@@ -75,8 +84,19 @@ class Watcher:
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         if not targets.all_processes:
             self._set_kernel_targets()
+        if not probe.netns_known:
+            self.notices.append(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): the network namespace "
+                "of a socket is unknown to the kernel side, so a 4-tuple found in two "
+                "namespaces gets an estimated age (~) and its end is found by polling"
+            )
 
     def close(self) -> None:
+        """End the session: take back every watch it asked of the kernel."""
+        self.watchlist.clear()
+        self.probe.set_close_probes(False)
+        if not self.targets.all_processes:
+            self.probe.set_targets(set())
         self.pool.close()
 
     def _set_kernel_targets(self) -> None:
@@ -115,6 +135,7 @@ class Watcher:
         needed = (
             not self._dumped
             or bool(old_enough - self._judged)
+            or (self._due_ns is not None and now >= self._due_ns)
             or stats.cw_full != self._cw_full
             or now - self._last_dump > RECONCILE_EVERY_S * NS_PER_S
         )
@@ -127,6 +148,7 @@ class Watcher:
             obs = Observation(now, kernel, None, {}, {}, targets=targets)
         obs.events = self._poll_events(0)
         changes = self.tracker.update(obs, _still_holding)
+        self.tracker.settle(changes, _still_holding, now, self._rescan)
         self.tracker.prune_procs()
         if needed:
             self.unheld = changes.unheld
@@ -146,7 +168,7 @@ class Watcher:
             if problem not in self._reported:
                 self._reported.add(problem)
                 self.notices.append(problem)
-        index = KernelIndex(kernel)
+        index = KernelIndex(kernel, dump.diag)
         in_cw = {d.inode for d in dump.diag}
         self._foreign &= in_cw
         candidates = [
@@ -154,9 +176,10 @@ class Watcher:
             for d in self.tracker.candidates(dump.diag, index, now)
             if d.inode not in self._foreign
         ]
+        self._due_ns = self._young_preexisting_due(dump.diag, index, now)
         if candidates or now - self._last_full_scan > RECONCILE_EVERY_S * NS_PER_S:
             # The fds marked in the kernel cannot change without an event.
-            self.fds.scan(holder_scope(self.targets, poll), trusted=self._fd_watched)
+            self.fds.scan(holder_scope(self.targets, poll), trusted=self.watchlist.trusted())
             self._last_full_scan = now
             holders = self.fds.holders(in_cw)
             self._foreign = {
@@ -180,6 +203,54 @@ class Watcher:
             targets=targets,
             holders_complete=self.targets.all_processes,
         )
+
+    def _young_preexisting_due(self, diag: list, index: KernelIndex, now: int) -> int | None:
+        """When the first socket the kernel map does not know (in CLOSE_WAIT
+        since before attach, or not recorded: map full) and too young to be
+        a leak at this dump becomes old enough. Sockets the map knows need no
+        date: the map read of every refresh sees them come of age."""
+        due = None
+        for d in diag:
+            if d.inode in self.tracker.leaks or index.match(d) is not None:
+                continue
+            ready = fin_time(d, index, now)[0] + self.tracker.min_age_ns
+            if ready > now and (due is None or ready < due):
+                due = ready
+        return due
+
+    def _rescan(self, pids: set[int]) -> dict[int, list[Holder]]:
+        """Re-read the fd tables of pids (and their children, which may have
+        inherited the socket) after a drop no known fd explains; inode ->
+        holders over the whole index."""
+        scope = pids if self.targets.all_processes else procfs.with_descendants(pids)
+        self.fds.rescan(scope, self.watchlist.trusted())
+        return self.fds.all_holders()
+
+    def verify(self, shown: list[Leak]) -> Changes:
+        """Check, before a report, that the fds it will name still hold their
+        sockets. A holder marked in the kernel needs no check (any drop of it
+        is an event) unless its process is 32-bit, whose closes the syscall
+        tracepoints do not see; the others (fork children, unmarked fds) are
+        read: one readlink each. What changed is settled like a drop."""
+        now = self.clock()
+        for leak in shown:
+            for h in leak.holders:
+                if self.watchlist.marked(h) and not self._is_compat(h.pid):
+                    continue
+                if procfs.fd_inode(h.pid, h.fd) != leak.inode:
+                    self.fds.forget(h.pid, h.fd, h.fd)
+                    self.tracker.forget_holder(h, now)
+        changes = Changes()
+        if self.tracker.unsettled:
+            self.tracker.settle(changes, _still_holding, now, self._rescan)
+            self._sync_kernel(changes)
+        return changes
+
+    def _is_compat(self, pid: int) -> bool:
+        compat = self._compat.get(pid)
+        if compat is None:
+            compat = self._compat[pid] = procfs.is_compat(pid)
+        return compat
 
     def _poll_events(self, timeout_ms: int) -> list[LeftCloseWait | FdDrop]:
         """Events from the kernel; fd drops also invalidate the fd index."""
@@ -207,61 +278,27 @@ class Watcher:
     def drain_events(self, timeout_ms: int) -> Changes:
         """Wait up to timeout_ms for kernel events and end the leaks they concern."""
         events = self._poll_events(timeout_ms)
-        if not events:
+        if not events and not self.tracker.unsettled:
             return Changes()
-        changes = self.tracker.apply_events(events, _still_holding)
+        changes = self.tracker.apply_events(events, _still_holding, self.clock(), self._rescan)
         self._sync_kernel(changes)
         return changes
 
     def _sync_kernel(self, changes: Changes) -> None:
-        """Tell the kernel what to report: watched sockets, and the fds of
-        targets that hold them (so that a close() the socket survives is seen).
-        The close-family syscall probes run while there is a leak to watch:
-        enabling any syscall tracepoint slows every syscall of every task
-        (about 2 points of throughput under heavy connection churn)."""
+        """Tell the kernel what to report (tracer.engine.watchlist). The close
+        probes run while there is a leak to watch: enabling any syscall
+        tracepoint slows every syscall of every task (about 2 points of
+        throughput under heavy connection churn)."""
         self._since_report.new += changes.new
         self._since_report.ended += changes.ended
         self.starts.add(changes.new)
         now = self.clock()
         if self.tracker.leaks:
             self._last_leak_ns = now
-            self.probe.set_syscall_probes(True)
-        elif now - self._last_leak_ns > SYSCALL_PROBES_LINGER_S * NS_PER_S:
-            self.probe.set_syscall_probes(False)
-        self._sync_fds()
-        for leak in changes.watch:
-            if leak.sk is not None:
-                if not self.probe.watch(leak.sk, leak.fin_ns):
-                    self.notices.append("watched-socket map full: raise --max-sockets")
-            elif not self.probe.watch_preexisting(leak.tuple):
-                self.notices.append("pre-existing-socket map full: raise --max-sockets")
-        for leak in changes.unwatch:
-            if leak.sk is not None:
-                self.probe.unwatch(leak.sk)
-            else:
-                self.probe.unwatch_preexisting(leak.tuple)
-
-    def _sync_fds(self) -> None:
-        if not self.tracker.holders_changed:
-            return
-        self.tracker.holders_changed = False
-        targets = self.tracker.targets
-        want: dict[int, dict[int, int]] = {}  # pid -> fd -> inode
-        for leak in self.tracker.leaks.values():
-            for h in leak.holders:
-                if is_target(targets, h.pid):
-                    want.setdefault(h.pid, {})[h.fd] = leak.inode
-        for pid, fds in list(self._fd_watched.items()):
-            for fd in fds - want.get(pid, {}).keys():
-                self.probe.unwatch_fd(pid, fd)
-                fds.discard(fd)
-            if not fds:
-                del self._fd_watched[pid]
-        for pid, fds in want.items():
-            have = self._fd_watched.setdefault(pid, set())
-            for fd in fds.keys() - have:
-                if self.probe.watch_fd(pid, fd, fds[fd]):
-                    have.add(fd)
+            self.probe.set_close_probes(True)
+        elif now - self._last_leak_ns > CLOSE_PROBES_LINGER_S * NS_PER_S:
+            self.probe.set_close_probes(False)
+        self.watchlist.apply(changes, now)
 
     def process_trends(self) -> list[ProcessTrend]:
         """Per watched process: open fds, fd limit, leak rate, time to the limit."""

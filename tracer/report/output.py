@@ -50,5 +50,22 @@ class Output:
     def fd_released(self, r: FdReleased) -> None:
         self._write([self.renderer.fd_released(r, time.time())])
 
+    def changes(self, released: Sequence[FdReleased], ended: Sequence[LeakEnded]) -> None:
+        """CLOSE then ENDED lines, written at once: a pool shutdown ends
+        100,000 leaks in a second, and a write per line would cost more."""
+        if not released and not ended:
+            return
+        wall = time.time()
+        r = self.renderer
+        self._write(
+            [*(r.fd_released(x, wall) for x in released), *(r.ended(e, wall) for e in ended)]
+        )
+
+    def shown(self, leaks: Sequence[Leak]) -> Sequence[Leak]:
+        """The leaks a report will print: the first rows of a table, every
+        one in JSON."""
+        rows = getattr(self.renderer, "rows", None)
+        return leaks if rows is None else leaks[:rows]
+
     def notice(self, message: str) -> None:
         self._write([self.renderer.notice(message, time.time())])

@@ -21,6 +21,7 @@ from tracer.report.text import (
     conn_age,
     container,
     describe_end,
+    drop_text,
     fd_text,
     opened_by,
     opt,
@@ -181,8 +182,9 @@ class TableRenderer:
 
     def fd_released(self, r: FdReleased, wall: float) -> str:
         held = ", ".join(f"pid {h.pid} fd {h.fd}" for h in r.still_held)
+        who = f"pid {r.pid} tid {r.tid} ({printable(r.comm)})" if r.tid else f"pid {r.pid}"
         return (
-            f"{clock(wall)} CLOSE pid {r.pid} tid {r.tid} ({printable(r.comm)}) {r.via}({r.fd}) "
+            f"{clock(wall)} CLOSE {who} {drop_text(r.via, r.fd)} "
             f"on leaked socket {r.leak.local} -> {r.leak.remote}: "
             f"it stays in CLOSE_WAIT, still held by {held}"
         )

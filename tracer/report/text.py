@@ -61,6 +61,20 @@ def opt(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
+# How an fd went, for the drops that do not name a syscall with its fd.
+_DROP_WORDS = {
+    "exec": "execve() closed fd {fd} (close-on-exec)",
+    "io_uring": "an io_uring close dropped fd {fd}",
+    "unseen": "fd {fd} was closed unseen (found at a check: a path no probe traces)",
+}
+
+
+def drop_text(via: str, fd: int) -> str:
+    """`close(5)`, `dup2(5)`, or the words for an exec, io_uring or unseen drop."""
+    words = _DROP_WORDS.get(via)
+    return words.format(fd=fd) if words else f"{via}({fd})"
+
+
 def describe_end(e: LeakEnded) -> str:
     """How a leak ended, in words."""
     who = ""

@@ -12,7 +12,7 @@ nothing is trusted until the next full scan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Mapping
 
 from tracer.core.model import Holder
 from tracer.system import procfs
@@ -27,6 +27,11 @@ class FdIndex:
         """fds lo..hi of pid were dropped (an FD_DROP event): read them again."""
         fds = self._fds.get(pid)
         if fds is None:
+            return
+        if lo == hi:  # close(), dup2(): one lookup, whatever the table's size
+            inode = fds.pop(lo, None)
+            if inode is not None:
+                self._unlink(pid, lo, inode)
             return
         for fd in [fd for fd in fds if lo <= fd <= hi]:
             self._unlink(pid, fd, fds.pop(fd))
@@ -50,7 +55,7 @@ class FdIndex:
             else:
                 del self._by_inode[inode]
 
-    def scan(self, pids: Iterable[int], trusted: dict[int, set[int]]) -> None:
+    def scan(self, pids: Iterable[int], trusted: Mapping[int, Container[int]]) -> None:
         """Re-read the fd tables of pids; fds in `trusted` keep their inode.
 
         Processes not in pids are dropped from the index: it describes the
@@ -74,8 +79,30 @@ class FdIndex:
                 holders[inode] = old_hs
         self._by_inode = holders
 
+    def rescan(self, pids: Iterable[int], trusted: Mapping[int, Container[int]]) -> None:
+        """Re-read the fd tables of pids only (new ones are added), leaving
+        the other processes of the index as they are. For the few processes
+        an fd drop concerns, between full scans."""
+        for pid in pids:
+            old = self._fds.pop(pid, None) or {}
+            for fd, inode in old.items():
+                self._unlink(pid, fd, inode)
+            try:
+                table = procfs.socket_fds(pid, old, trusted.get(pid, ()))
+            except (procfs.ProcessGone, procfs.ProcessHidden):
+                continue
+            self._fds[pid] = table
+            by_inode = self._by_inode
+            for fd, inode in table.items():
+                # A new list: leaks keep the ones handed out (see scan).
+                by_inode[inode] = [*by_inode.get(inode, ()), Holder(pid, fd)]
+
     def pids(self) -> list[int]:
         return list(self._fds)
+
+    def all_holders(self) -> dict[int, list[Holder]]:
+        """inode -> holders, for every socket an indexed process holds (read-only)."""
+        return self._by_inode
 
     def holders(self, inodes: Iterable[int]) -> dict[int, list[Holder]]:
         """inode -> holders, for the inodes some indexed process holds."""

@@ -181,6 +181,27 @@ def holders_of(
     return by_inode(tables, wanted)
 
 
+def fd_inode(pid: int, fd: int) -> int | None:
+    """The socket inode fd of pid refers to now (None: closed, or not a socket)."""
+    try:
+        target = os.readlink(f"{PROC}/{pid}/fd/{fd}")
+    except OSError:
+        return None
+    return int(target[8:-1]) if target.startswith(_SOCKET_PREFIX) else None
+
+
+def is_compat(pid: int) -> bool:
+    """Whether the process runs a 32-bit binary on a 64-bit kernel: its
+    syscalls go through the compat table, which the syscall tracepoints do
+    not report (so its closes are invisible to the close probes)."""
+    try:
+        with open(f"{PROC}/{pid}/exe", "rb") as f:
+            header = f.read(5)
+    except OSError:
+        return False
+    return header[:4] == b"\x7fELF" and header[4] == 1 and os.uname().machine.endswith("64")
+
+
 def still_holding(holders: Iterable[Holder], inode: int) -> list[Holder]:
     """The holders whose fd still refers to socket `inode` (one readlink each)."""
     want = f"socket:[{inode}]"
