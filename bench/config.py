@@ -45,8 +45,9 @@ class Config:
     # kernel-side cost per tracepoint hit (kernel.bpf_stats_enabled)
     kernel_conditions: tuple[str, ...]
     kernel_rounds: int
-    # leaks at scale: (sockets, processes holding them)
-    scale_cases: tuple[tuple[int, int], ...]
+    # leaks at scale: (sockets, processes holding them, how they end: "close"
+    # for every socket close()d one by one, "exit" for the processes exiting)
+    scale_cases: tuple[tuple[int, int, str], ...]
     scale_interval_s: float
     scale_refreshes: int  # refreshes in the CPU-per-refresh window
     snapshot_reps: int
@@ -74,7 +75,7 @@ FULL = Config(
     concurrency=16,
     kernel_conditions=KERNEL_CONDITIONS,
     kernel_rounds=2,
-    scale_cases=((10_000, 1), (19_000, 1), (100_000, 6)),
+    scale_cases=((10_000, 1, "close"), (19_000, 1, "exit"), (100_000, 6, "close")),
     scale_interval_s=2.0,
     scale_refreshes=3,
     snapshot_reps=3,
@@ -95,7 +96,7 @@ QUICK = replace(
     churn_settle_s=0.5,
     churn_budget_s=75.0,
     kernel_rounds=1,
-    scale_cases=((10_000, 1),),
+    scale_cases=((10_000, 1, "close"),),
     scale_interval_s=1.0,
     scale_refreshes=2,
     snapshot_reps=1,
@@ -121,7 +122,7 @@ SMOKE = replace(
     ),
     concurrency=4,
     kernel_conditions=("closewait-all", "floor-map"),
-    scale_cases=((200, 2),),
+    scale_cases=((200, 2, "close"),),
     scale_interval_s=0.5,
     scale_refreshes=1,
     startup_reps=1,

@@ -13,7 +13,7 @@
  *       transactions completed after the warm-up. Exits at stdin EOF. Being
  *       long-lived, client and server exist before a tracer is started, so a
  *       tracer can be pointed at either pid (closewait watch --pid).
- *   loadgen leak --addr A --port P --nports N --count K
+ *   loadgen leak --addr A --port P --nports N --count K   ('c' on stdin: close them all)
  *       Open K connections to an accept-close server, wait until every one
  *       has received the server's FIN, print "ready K K_FIN", then hold them
  *       (sockets in CLOSE_WAIT, never closed) until stdin reaches EOF.
@@ -400,10 +400,23 @@ static int run_leak(const struct opts *o)
     }
     printf("ready %d %d\n", o->count, o->count - left);
     fflush(stdout);
+    /* 'c' on stdin: close() every socket, one syscall each, as a pool
+     * shutdown would; EOF: exit, and exit() closes whatever is left. */
     char c;
-    while (!stop_flag && read(0, &c, 1) > 0)
-        ;
-    return 0; /* exit() closes every fd: the leaks end with the process */
+    while (!stop_flag && read(0, &c, 1) > 0) {
+        if (c != 'c')
+            continue;
+        int closed = 0;
+        for (int i = 0; i < o->count; i++) {
+            int fd = pf[i].fd < 0 ? ~pf[i].fd : pf[i].fd;
+            if (fd >= 0 && close(fd) == 0)
+                closed++;
+            pf[i].fd = -1;
+        }
+        printf("closed %d\n", closed);
+        fflush(stdout);
+    }
+    return 0;
 }
 
 /* ---- main --------------------------------------------------------------- */

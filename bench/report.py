@@ -117,7 +117,7 @@ def scale_table(scale: dict) -> list[str]:
         "complete report s",
         "cpu/refresh s",
         "RSS MB (anon/file)",
-        "end: lines/closer named",
+        "end: how, lines/closer named, last ENDED after last close s, CPU s",
         "events lost",
     ]
     rows = []
@@ -141,7 +141,14 @@ def scale_table(scale: dict) -> list[str]:
                 _num(w.get("launch_to_complete_report_s"), ".2f"),
                 _num(w.get("cpu_per_refresh_s"), ".3f"),
                 _mem(w.get("memory_mb")),
-                f"{end.get('ended_lines', '-')}/{end.get('closer_named', '-')}",
+                f"{end.get('how', 'exit')}, {end.get('ended_lines', '-')}/"
+                f"{end.get('closer_named', '-')}"
+                + (
+                    f", {_num(end.get('last_ended_after_last_close_s'), '.2f')}"
+                    f", {_num(end.get('cpu_s'), '.2f')}"
+                    if end.get("how") == "close"
+                    else ""
+                ),
                 _num(w.get("events_lost"), "d"),
             ]
         )
@@ -297,6 +304,21 @@ def targets(results: dict) -> list[dict]:
                 "zero lost events about suspects (churn sessions, mass end of leaks)",
                 total == 0,
                 f"{total} lost" + (f" ({where})" if where else ""),
+            )
+        )
+    for c in scale.get("cases", []):
+        end = c.get("watch", {}).get("end_burst") or {}
+        if end.get("how") != "close":
+            continue
+        after = end.get("last_ended_after_last_close_s")
+        out.append(
+            _at_most(
+                "end-storm",
+                f"{c['leaks']} leaks close()d one by one: last ENDED <= 2 s after the last close",
+                after,
+                2.0,
+                f"{_num(after, '.2f')} s, {end.get('ended_lines')} ENDED lines, "
+                f"{_num(end.get('cpu_s'), '.2f')} s CPU",
             )
         )
     big = [c for c in scale.get("cases", []) if c["leaks"] >= 100_000]

@@ -12,10 +12,14 @@ so every client socket sits in CLOSE_WAIT, held and never closed. Then:
   utime+stime between the arrival of two summary lines R refreshes apart,
   divided by R (a refresh includes printing its N JSON lines, which the
   benchmark reads and counts without parsing), and RSS;
-- the end of every leak at once (the clients exit): how many ENDED lines
-  came, how many name the closing process (only a kernel event can: a
-  leak found gone by polling cannot say who closed it), and the events
-  lost, the ones that mattered most: about sockets already judged leaks.
+- the end of every leak at once, by the case's ending: "exit" (the
+  clients exit) or "close" (each client close()s every socket, one syscall
+  each, as a pool shutdown does: an fd-drop event and an exit event per
+  leak): how many ENDED lines came, how many name the closing process
+  (only a kernel event can: a leak found gone by polling cannot say who
+  closed it), how long after the last close the last ENDED line came, the
+  tracer's CPU for the whole storm, and the events lost, the ones that
+  mattered most: about sockets already judged leaks.
 
 One process can hold at most RLIMIT_NOFILE sockets (a hard limit of 20000
 here that the sandbox cannot raise), so 100,000 leaks take several.
@@ -46,9 +50,9 @@ MAX_SOCKETS = 262144  # --max-sockets: closewait's maps must hold every leak
 def run(cfg: Config, binary: Path, ns: Netns, log: Callable[[str], None]) -> dict:
     snapshot = env.has_snapshot()
     cases = []
-    for count, procs in cfg.scale_cases:
-        log(f"scale: {count} leaked sockets in {procs} process(es)")
-        cases.append(_case(cfg, binary, ns, count, procs, snapshot, log))
+    for count, procs, ending in cfg.scale_cases:
+        log(f"scale: {count} leaked sockets in {procs} process(es), ended by {ending}")
+        cases.append(_case(cfg, binary, ns, count, procs, ending, snapshot, log))
     return {
         "snapshot_available": snapshot,
         "min_age_s": MIN_AGE_S,
@@ -64,13 +68,14 @@ def _case(
     ns: Netns,
     count: int,
     procs: int,
+    ending: str,
     snapshot: bool,
     log: Callable[[str], None],
 ) -> dict:
     server = Server(binary, ns, accept_close=True)
     shares = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     leakers: list[Leaker] = []
-    out: dict = {"leaks": count, "processes": procs, "per_process": shares}
+    out: dict = {"leaks": count, "processes": procs, "per_process": shares, "ending": ending}
     try:
         t0 = time.monotonic()
         leakers = [Leaker(binary, ns, n) for n in shares]
@@ -80,7 +85,7 @@ def _case(
         pids = {lk.pid for lk in leakers}
         out["snapshot"] = _snapshot(cfg, pids) if snapshot else {"available": False}
         time.sleep(max(0.0, MIN_AGE_S + 0.2 - (time.monotonic() - t0)))
-        out["watch"] = _watch(cfg, pids, fins, leakers, log)
+        out["watch"] = _watch(cfg, pids, fins, leakers, ending, log)
     finally:
         for lk in leakers:
             lk.stop()
@@ -130,7 +135,12 @@ def _count_leak_lines(stdout: bytes, pids: set[int]) -> int:
 
 
 def _watch(
-    cfg: Config, pids: set[int], count: int, leakers: list[Leaker], log: Callable[[str], None]
+    cfg: Config,
+    pids: set[int],
+    count: int,
+    leakers: list[Leaker],
+    ending: str,
+    log: Callable[[str], None],
 ) -> dict:
     interval = cfg.scale_interval_s
     args = [a for pid in sorted(pids) for a in ("--pid", str(pid))]
@@ -164,24 +174,49 @@ def _watch(
         out["leaks_reported"] = end.leaks_of(pids)
         out["memory_mb"] = w.memory()
 
-        # Every leak ends at once: the clients exit.
+        # Every leak ends at once: the clients close() them all, or exit.
         reported = end.leaks_of(pids)
-        log(f"scale: ending {reported} leaks at once")
+        log(f"scale: ending {reported} leaks at once by {ending}")
         t_end = time.monotonic()
+        cpu_before = w.cpu()
+        storm: dict = {}
+        if ending == "close":
+            for lk in leakers:
+                lk.close_all()
+            t_closed = time.monotonic()
+            deadline = t_closed + timeout
+
+            def ended_now() -> int:
+                return sum(1 for t, e in w.ended() if t >= t_end and e.get("pid") in pids)
+
+            while ended_now() < reported and time.monotonic() < deadline:
+                time.sleep(0.05)
+            last = max((t for t, _ in w.ended()), default=t_closed)
+            cpu_after = w.cpu()
+            storm = {
+                "closes_s": round(t_closed - t_end, 3),
+                "last_ended_after_last_close_s": round(last - t_closed, 3),
+                "cpu_s": round((cpu_after - cpu_before).total, 3)
+                if cpu_before and cpu_after
+                else None,
+            }
         for lk in leakers:
             lk.stop()
         # Every target gone: closewait prints its final report and exits.
         final = w.wait_summary(lambda s: s.t > t_end and s.obj.get("final"), timeout)
         ended = [e for t, e in w.ended() if t >= t_end and e.get("pid") in pids]
         out["end_burst"] = {
+            "how": ending,
             "leaks_ended": reported,
             "ended_lines": len(ended),
             # An end explained by a kernel event names the thread that
-            # closed (here: the exiting client); one found by polling cannot.
+            # closed (the closing or exiting client); one found by polling cannot.
             "closer_named": sum(1 for e in ended if e.get("by_pid") is not None),
+            "fd_named": sum(1 for e in ended if e.get("by_fd") is not None),
             "by_reason": _by_reason(ended),
             "events_lost": final.obj.get("events_lost"),
             "last_ended_after_s": round(max((t for t, _ in w.ended()), default=t_end) - t_end, 3),
+            **storm,
         }
         out["events_lost"] = final.obj.get("events_lost")
         out["map_full"] = final.obj.get("map_full")

@@ -110,6 +110,15 @@ class Leaker(_Proc):
         )
         self.count = count
 
+    def close_all(self) -> None:
+        """Ask it to close() every socket (one syscall each); returns once done."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("c\n")
+        self.proc.stdin.flush()
+        words = self.readline().split()
+        if words[:1] != ["closed"]:
+            raise RuntimeError(f"loadgen leak: unexpected {' '.join(words)}")
+
     def wait_ready(self) -> int:
         """Block until every socket has its FIN; return how many did."""
         words = self.readline().split()

@@ -65,7 +65,56 @@ def probe(bpf_ok: None) -> Iterator[object]:
     from tracer.kernel.config import ProbeConfig
     from tracer.kernel.probe import KernelProbe
 
-    with KernelProbe(ProbeConfig(max_sockets=16384, max_conns=16384)) as p:
+    with KernelProbe(ProbeConfig(max_sockets=32768, max_conns=32768)) as p:
+        yield p
+
+
+@pytest.fixture
+def watch(probe: object) -> Iterator[Callable[..., object]]:
+    """Make Watchers over the shared probe; each is closed (and takes back
+    what it asked of the kernel) at the end of the test."""
+    from tracer.engine.watcher import Watcher
+    from tracer.system.targets import Targets
+
+    made: list[Watcher] = []
+
+    def make(*pids: int, all_processes: bool = False, min_age: float = 1.0, on=None) -> Watcher:
+        w = Watcher(on or probe, Targets(tuple(pids), all_processes), min_age)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+@pytest.fixture
+def live() -> Iterator[Callable[..., object]]:
+    """Start `closewait ARGS` in the background (tests/cli_helpers.LiveCli);
+    killed at the end of the test if still running."""
+    from tests.cli_helpers import LiveCli
+
+    made: list[LiveCli] = []
+
+    def start(*args: str) -> LiveCli:
+        c = LiveCli(*args)
+        made.append(c)
+        return c
+
+    yield start
+    for c in made:
+        c.kill()
+
+
+@pytest.fixture(scope="session")
+def probe_filtered(bpf_ok: None) -> Iterator[object]:
+    """A second shared probe, compiled as `watch --pid` is (CW_FILTER_PIDS):
+    fd drops recorded for targets only, FINs of connections opened by
+    processes that are neither targets nor their ancestors left out."""
+    from tracer.kernel.config import ProbeConfig
+    from tracer.kernel.probe import KernelProbe
+
+    with KernelProbe(ProbeConfig(max_sockets=4096, max_conns=4096, filter_pids=True)) as p:
         yield p
 
 

@@ -48,7 +48,9 @@ def main() -> None:
             if op == "listen":
                 fam = socket.AF_INET6 if cmd.get("v6") else socket.AF_INET
                 s = socket.socket(fam, socket.SOCK_STREAM)
-                s.bind((cmd.get("addr", "::1" if cmd.get("v6") else "127.0.0.1"), 0))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                addr = cmd.get("addr", "::1" if cmd.get("v6") else "127.0.0.1")
+                s.bind((addr, cmd.get("port", 0)))
                 s.listen(1024)
                 socks[s.fileno()] = s
                 reply(fd=s.fileno(), port=s.getsockname()[1])
@@ -56,7 +58,9 @@ def main() -> None:
                 n = int(cmd.get("n", 1))
                 fds = []
                 for _ in range(n):
-                    s = socket.create_connection((cmd["addr"], cmd["port"]))
+                    # bind_port: a fixed local port, for twins in two namespaces.
+                    src = (cmd["addr"], cmd["bind_port"]) if "bind_port" in cmd else None
+                    s = socket.create_connection((cmd["addr"], cmd["port"]), source_address=src)
                     socks[s.fileno()] = s
                     fds.append(s.fileno())
                 reply(fd=fds[0], fds=fds, local_port=socks[fds[0]].getsockname()[1])
@@ -119,9 +123,25 @@ def main() -> None:
                 threading.Thread(target=leak, args=args, daemon=True).start()
                 reply()
             elif op == "dup":
+                # Untraced on purpose: dup() adds an fd no probe reports.
                 new = os.dup(cmd["fd"])
+                if cmd.get("inheritable"):
+                    os.set_inheritable(new, True)
                 socks[new] = socket.socket(fileno=new)
                 reply(fd=new)
+            elif op == "uring_close":
+                # Close through io_uring (IORING_OP_CLOSE): no close-family syscall.
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from uring import uring_close
+
+                res = uring_close(cmd["fd"])
+                socks.pop(cmd["fd"]).detach()
+                reply(res=res)
+            elif op == "exec_sleep":
+                # Replace this process with sleep(1): close-on-exec fds (every
+                # Python socket's) are closed by execve, inheritable ones stay.
+                reply()
+                os.execv("/bin/sleep", ["sleep", str(cmd.get("s", 60))])
             elif op == "fork_hold":
                 # The child keeps every fd and sleeps; the parent may close its copy.
                 pid = os.fork()

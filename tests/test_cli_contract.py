@@ -35,21 +35,48 @@ def test_readme_exit_code_table_matches_the_enum() -> None:
     assert {int(code): text for code, text in rows} == {int(s): s.meaning for s in ExitStatus}
 
 
-def _documented_fields(section_start: str, section_end: str) -> set[str]:
-    text = README[README.index(section_start) : README.index(section_end)]
-    return set(re.findall(r"`([a-z_]+)`", text))
+def _documented_by_type() -> dict[str, set[str]]:
+    """Per JSON object type, the `field` names its README paragraph names.
+
+    The paragraph of type X runs from `type: "X"` to the next type's; the
+    ended and fd_closed objects say they carry "the identity fields of a
+    leak", which are then read from the leak paragraph's first sentence."""
+    text = README[README.index("### JSON lines") : README.index("### Exit status")]
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r'`type: "([a-z_]+)"`', text)]
+    out: dict[str, set[str]] = {}
+    for i, (pos, kind) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+        out[kind] = set(re.findall(r"`([a-z_]+)`", text[pos:end])) | {"type", "ts"}
+    return out
 
 
-def test_readme_documents_every_json_field() -> None:
-    lines = list(JsonRenderer().report([leak()], summary()))
-    leak_obj, summary_obj = json.loads(lines[0]), json.loads(lines[1])
-    ended = LeakEnded(leak(), 0, "closed", exact=True)
-    ended_obj = json.loads(JsonRenderer().ended(ended, 0.0))
-    notice_obj = json.loads(JsonRenderer().notice("x", 0.0))
-    documented = _documented_fields("### JSON lines", "### Exit status")
-    for obj in (leak_obj, summary_obj, ended_obj, notice_obj):
-        missing = set(obj) - documented
-        assert not missing, f"{obj['type']} fields not in README: {missing}"
+def _every_object_type() -> dict[str, dict]:
+    from tracer.core.model import FdReleased, Holder, LatencyBucket
+    from tracer.core.summary import ProcessRank
+    from tracer.core.trends import Group
+
+    r = JsonRenderer()
+    lk = leak()
+    group = Group("remote", "[::1]:8080", 7, 252.0, 2.0, 30.0, "pool-1-thread-*")
+    lat = [LatencyBucket(100, "remote", 8080, 15, 50)]
+    lines = list(r.report([lk], summary(final=True, groups=[group], latency=lat)))
+    objs = {o["type"]: o for o in map(json.loads, lines)}
+    objs["ended"] = json.loads(r.ended(LeakEnded(lk, 0, "closed", exact=True), 0.0))
+    objs["notice"] = json.loads(r.notice("x", 0.0))
+    released = FdReleased(lk, 0, 100, 101, "w", 7, "close", [Holder(200, 7)])
+    objs["fd_closed"] = json.loads(r.fd_released(released, 0.0))
+    rank = ProcessRank(100, "java", 4, 30.0, 10, 1024, None)
+    objs["process"] = json.loads(r.processes([rank], 0.0)[0])
+    return objs
+
+
+def test_readme_documents_every_json_field_of_every_object_type() -> None:
+    documented = _documented_by_type()
+    objs = _every_object_type()
+    assert set(objs) == set(documented), "an object type the README does not describe"
+    for kind, obj in objs.items():
+        missing = set(obj) - documented[kind]
+        assert not missing, f"{kind} fields not in its README paragraph: {missing}"
 
 
 def test_help_lists_exit_codes() -> None:

@@ -4,13 +4,14 @@ real BPF, output parsed back."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 
 import pytest
 
-from tests.cli_helpers import CLOSEWAIT, ROOT, LiveCli, run_cli
+from tests.cli_helpers import CLOSEWAIT, ROOT, run_cli
 from tests.conftest import connected_pair
 from tracer.system import procfs
 
@@ -28,25 +29,26 @@ SUMMARY_FIELDS = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def live():
-    made: list[LiveCli] = []
-
-    def start(*args: str) -> LiveCli:
-        c = LiveCli(*args)
-        made.append(c)
-        return c
-
-    yield start
-    for c in made:
-        c.kill()
-
-
 def bpf_programs() -> set[int]:
     out = subprocess.run(
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     )
     return {p["id"] for p in json.loads(out.stdout) if p.get("type") == "tracepoint"}
+
+
+def programs_of(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds open (its fds' fdinfo), so
+    that other tracers on the host (other test suites) do not count."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
 
 
 def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peers, live) -> None:
@@ -57,13 +59,13 @@ def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peer
     old_fin = server.call(op="close", fd=old["server_fd"])["wall"]
     time.sleep(3)
 
-    programs_before = bpf_programs()
     cli = live(
         "watch", "--pid", str(client.pid), "--json",
         "--min-age", "1s", "--interval", "500ms", "--duration", "7s",
     )  # fmt: skip
     cli.wait_for_attach()
-    assert len(bpf_programs() - programs_before) >= 3, "programs not attached"
+    ours = programs_of(cli.proc.pid)
+    assert len(ours) >= 3 and ours <= bpf_programs(), "programs not attached"
 
     # A leak the kernel sees happen: exact age.
     new = connected_pair(server, client)
@@ -117,7 +119,7 @@ def test_json_output_field_by_field_old_and_new_leaks_and_their_end(bpf_ok, peer
     assert target["fd_limit"] == procfs.fd_limit(client.pid) and target["open_fds"] >= 2
     assert final["events_lost"] == 0 and final["map_full"] == 0
     assert 6.5 < final["elapsed_s"] < 9
-    assert bpf_programs() <= programs_before, "BPF programs left attached after exit"
+    assert not ours & bpf_programs(), "BPF programs left loaded after exit"
 
 
 def test_table_output_and_sigterm_gives_final_report(bpf_ok, peers, live) -> None:
@@ -225,17 +227,34 @@ def test_pid_mode_leaves_other_processes_connections_out_of_the_kernel_map(
     assert final["fins_other_processes"] >= 1 and final["map_full"] == 0
 
 
-def test_a_second_sigterm_aborts_a_stop_stuck_on_a_reader_that_went_away(bpf_ok) -> None:
-    # Nobody reads stdout: after a few reports the pipe is full and the final
-    # report blocks. A second SIGTERM must still end the process.
+def test_a_second_sigterm_aborts_a_stop_stuck_on_a_reader_that_went_away(bpf_ok, peers) -> None:
+    # 2,000 leaks make every JSON report about 800 KB: with nobody reading
+    # stdout, the first report fills the pipe (64 KB) and blocks. The first
+    # SIGTERM only asks for a stop (the write goes on, blocked); the second
+    # must end the process at once, with the "interrupted" status.
+    server, client = peers(), peers()
+    lst = server.call(op="listen")
+    for _ in range(4):
+        client.call(op="connect", addr="127.0.0.1", port=lst["port"], n=500)
+        server.call(op="close", fds=server.call(op="accept", fd=lst["fd"], n=500)["fds"])
     proc = subprocess.Popen(
-        [*CLOSEWAIT, "watch", "--all", "--json", "--interval", "100ms", "--min-age", "0"],
+        [*CLOSEWAIT, "watch", "--pid", str(client.pid), "--json", "--interval", "100ms",
+         "--min-age", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(4)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) in (0, 130)
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.read(1)  # it started reporting: the pipe fills next
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first SIGTERM must not abort: it asks for a final report"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 130
+        assert proc.stderr is not None
+        assert "closewait: interrupted" in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from tracer.core.correlate import LeakTracker, Observation, estimated_fin_ns
+from tracer.core.correlate import Observation, estimated_fin_ns
 from tracer.core.model import (
     NS_PER_S,
     Creator,
@@ -21,6 +21,7 @@ from tracer.core.model import (
     ProcInfo,
     SockTuple,
 )
+from tracer.core.tracker import LeakTracker
 
 S = NS_PER_S
 NS1, NS2 = 4026531833, 4026532177
@@ -36,9 +37,10 @@ def diag(
     )
 
 
-def ksock(sk: int, fin_ns: int, t: SockTuple, tgid: int = 0) -> KernelSock:
+def ksock(sk: int, fin_ns: int, t: SockTuple, tgid: int = 0, netns: int = NS1) -> KernelSock:
+    """A kernel map entry; netns=0 as on a kernel without BTF."""
     creator = Creator(fin_ns - S, tgid, tgid, "pool-1-thread-1", False) if tgid else None
-    return KernelSock(sk, fin_ns, t, creator)
+    return KernelSock(sk, fin_ns, t, creator, netns)
 
 
 def obs(
@@ -73,9 +75,11 @@ def event(
     fd: int = 0,
     newstate: str = "CW_TCP_LAST_ACK",
     preexisting: bool = False,
+    netns: int = NS1,
 ) -> LeftCloseWait:
-    return LeftCloseWait(ts, sk, t if preexisting else None, tgid, tgid, "worker", drop, fd, fd,
-                         newstate == "CW_TCP_CLOSE", preexisting)  # fmt: skip
+    return LeftCloseWait(ts, sk, t if preexisting else None, netns if preexisting else 0,
+                         tgid, tgid, "worker", drop, fd, fd, newstate == "CW_TCP_CLOSE",
+                         preexisting)  # fmt: skip
 
 
 def nobody(_leak) -> list[Holder]:
@@ -115,16 +119,38 @@ def test_without_tcp_info_the_estimate_is_zero_age() -> None:
     assert estimated_fin_ns(diag(T1, 1, est_fin_s=None), 5 * S) == 5 * S
 
 
-def test_same_tuple_in_two_namespaces_is_matched_by_closest_fin() -> None:
+def test_same_tuple_in_two_namespaces_is_joined_by_namespace() -> None:
     tr = tracked()
-    k1, k2 = ksock(0xA, 10 * S, T1), ksock(0xB, 50 * S, T1)
-    d1 = diag(T1, 1, NS1, est_fin_s=10)  # FIN about 10 s after boot
-    d2 = diag(T1, 2, NS2, est_fin_s=50)  # about 50 s
+    # FIN times chosen so that "the closest FIN to the estimate" would swap them.
+    k1, k2 = ksock(0xA, 50 * S, T1, netns=NS1), ksock(0xB, 10 * S, T1, netns=NS2)
+    d1 = diag(T1, 1, NS1, est_fin_s=10)
+    d2 = diag(T1, 2, NS2, est_fin_s=50)
     ch = tr.update(
         obs(100 * S, [k1, k2], [d1, d2], {1: [Holder(100, 3)], 2: [Holder(200, 4)]}), nobody
     )
     by_inode = {lk.inode: lk for lk in ch.new}
     assert by_inode[1].sk == 0xA and by_inode[2].sk == 0xB
+    assert by_inode[1].fin_ns == 50 * S and by_inode[1].age_exact
+    # The kernel's exit event of one ends that one only.
+    (e,) = tr.apply_events([event(0xB, T1, 101 * S, 200, "close", fd=4)], nobody).ended
+    assert e.leak.inode == 2 and set(tr.leaks) == {1}
+
+
+def test_without_btf_a_tuple_two_namespaces_share_joins_nothing() -> None:
+    tr = LeakTracker(5, attach_ns=0, netns_known=False)
+    k = ksock(0xA, 50 * S, T1, netns=0)  # the kernel cannot tell which twin it is
+    d1 = diag(T1, 1, NS1, est_fin_s=10)
+    d2 = diag(T1, 2, NS2, est_fin_s=50)
+    held = {1: [Holder(100, 3)], 2: [Holder(200, 4)]}
+    ch = tr.update(obs(100 * S, [k], [d1, d2], held), nobody)
+    joined = {lk.inode: (lk.sk, lk.age_exact) for lk in ch.new}
+    assert joined == {1: (None, False), 2: (None, False)}
+    # Both would be watched by the same (0, tuple) key: neither is.
+    assert {lk.inode for lk in ch.watch} - {lk.inode for lk in ch.unwatch} == set()
+    # A tuple only one namespace has still joins exactly.
+    tr2 = LeakTracker(5, attach_ns=0, netns_known=False)
+    (leak,) = tr2.update(obs(100 * S, [k], [d1], {1: [Holder(100, 3)]}), nobody).new
+    assert leak.sk == 0xA and leak.age_exact
 
 
 def test_event_closed_by_the_holder_names_pid_fd_and_syscall() -> None:
@@ -184,7 +210,8 @@ def test_leak_gone_from_close_wait_without_event_ends_by_polling() -> None:
 def test_leak_of_a_namespace_not_queried_is_kept_until_its_holders_exit() -> None:
     tr = tracked()
     tr.update(
-        obs(20 * S, [ksock(0xA, 10 * S, T1)], [diag(T1, 1, NS2)], {1: [Holder(200, 7)]}), nobody
+        obs(20 * S, [ksock(0xA, 10 * S, T1, netns=NS2)], [diag(T1, 1, NS2)], {1: [Holder(200, 7)]}),
+        nobody,
     )
     assert tr.update(obs(22 * S, netns=(NS1,)), nobody).ended == []
     (e,) = tr.update(obs(24 * S, netns=(NS1,), exited=(200,)), nobody).ended

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,23 +14,8 @@ from tracer.core.model import NS_PER_S
 from tracer.core.trends import log2_bucket_bounds
 from tracer.engine.watcher import Watcher
 from tracer.report.table import TableRenderer
-from tracer.system.targets import Targets
 
 pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture
-def watch(probe: object) -> Iterator[Callable[..., Watcher]]:
-    made: list[Watcher] = []
-
-    def make(*pids: int, min_age: float = 1.0) -> Watcher:
-        w = Watcher(probe, Targets(tuple(pids)), min_age)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.close()
 
 
 def leak_now(server, client, w: Watcher) -> dict:

@@ -13,7 +13,6 @@ import pytest
 
 from tests.cli_helpers import ROOT, run_cli
 from tests.conftest import connected_pair
-from tracer.core.model import NS_PER_S
 from tracer.engine.snapshot import take
 from tracer.system import procfs
 from tracer.system.targets import Targets
@@ -182,4 +181,4 @@ def test_ten_thousand_leaked_sockets(peers) -> None:
     print(f"\nsnapshot of 10,000 leaked sockets: {elapsed:.2f}s")
     objs = snapshot_json("--pid", str(client.pid))
     assert len(leaks(objs)) == 10_000 and objs[-1]["leaks"] == 10_000
-    assert max(lk.age_s(snap.now_ns) for lk in snap.leaks) < 60 * NS_PER_S
+    assert max(lk.age_s(snap.now_ns) for lk in snap.leaks) < 60  # seconds: made just now

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,25 +17,10 @@ from tests.conftest import connected_pair, wait_until
 from tracer.core.model import NS_PER_S
 from tracer.engine.watcher import Watcher
 from tracer.system import procfs
-from tracer.system.targets import Targets
 
 pytestmark = pytest.mark.bpf
 
 MIN_AGE = 1.0  # seconds; the default is 5 s, tests need not wait that long
-
-
-@pytest.fixture
-def watch(probe: object) -> Iterator[Callable[..., Watcher]]:
-    made: list[Watcher] = []
-
-    def make(*pids: int, all_processes: bool = False, min_age: float = MIN_AGE) -> Watcher:
-        w = Watcher(probe, Targets(tuple(pids), all_processes), min_age)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.close()
 
 
 def leaks_of(w: Watcher, pid: int) -> list:
@@ -252,3 +236,28 @@ def test_all_processes_mode_finds_the_leak(peers, watch) -> None:
     refresh_after_min_age(w, fin)
     (leak,) = leaks_of(w, client.pid)
     assert leak.fds == [pair["client_fd"]]
+
+
+def test_pid_filter_keeps_what_an_ancestor_opened_and_skips_strangers(
+    peers, watch, probe_filtered
+) -> None:
+    """With --pid's program: a connection the parent opened and a fork child
+    holds is tracked exactly (the parent is the target's ancestor); one a
+    sibling opened never enters the kernel map."""
+    server, parent, stranger = peers(), peers(), peers()
+    inherited = connected_pair(server, parent)
+    child = parent.call(op="fork_hold")["child"]
+    parent.call(op="close", fd=inherited["client_fd"])  # only the child holds it now
+    theirs = connected_pair(server, stranger)
+    w = watch(child, on=probe_filtered)
+    before = probe_filtered.stats().fins_foreign
+    fin = server.call(op="close", fds=[inherited["server_fd"], theirs["server_fd"]])["mono"]
+    refresh_after_min_age(w, fin)
+
+    (leak,) = w.leaks()
+    assert leak.pid == child and leak.fds == [inherited["client_fd"]]
+    assert leak.age_exact and leak.creator is not None and leak.creator.tgid == parent.pid
+    assert leak.opener_holds is False
+    kernel = probe_filtered.read_sockets()
+    assert not [k for k in kernel.values() if k.tuple.local_port == theirs["client_port"]]
+    assert probe_filtered.stats().fins_foreign == before + 1
