@@ -68,7 +68,8 @@ def probe_options(f):
         type=click.IntRange(1, 65536),
         default=None,
         help="Event buffer size in pages, a power of two. Default: room for every "
-        "watched socket to end at once (2 x --max-sockets x 56 bytes; 8 MB).",
+        "watched socket to end at once (2 x --max-sockets x 56 bytes; 8 MB). Before "
+        "Linux 5.8 (no BPF ring buffer) each CPU gets a perf buffer of this size.",
     )(f)
     f = click.option("--perf-buffer", is_flag=True, hidden=True, help="Force the perf buffer.")(f)
     f = click.option(

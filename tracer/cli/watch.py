@@ -10,6 +10,7 @@ same session (attached() and watch_targets()) around its own workload.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -79,6 +80,12 @@ def attached(req: WatchRequest) -> Iterator[tuple[object, object]]:
     stop = StopFlag()
     stop.install()
     with KernelProbe(req.probe_config(), verbose=req.debug) as probe:
+        if not probe.ring_buffer:
+            pages, cpus = probe.config.pages, os.cpu_count() or 1
+            status_line(
+                f"events through the perf buffer (no BPF ring buffer): {pages} pages on each of {cpus} "
+                f"CPUs ({pages * 4096 * cpus / 2**20:.0f} MB of locked memory in all)"
+            )
         yield probe, stop
 
 
