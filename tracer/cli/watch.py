@@ -83,8 +83,8 @@ def attached(req: WatchRequest) -> Iterator[tuple[object, object]]:
         if not probe.ring_buffer:
             pages, cpus = probe.config.pages, os.cpu_count() or 1
             status_line(
-                f"events through the perf buffer (no BPF ring buffer): {pages} pages on each of {cpus} "
-                f"CPUs ({pages * 4096 * cpus / 2**20:.0f} MB of locked memory in all)"
+                f"events through the perf buffer (no BPF ring buffer): {pages} pages on "
+                f"each of {cpus} CPUs ({pages * 4096 * cpus / 2**20:.0f} MB locked in all)"
             )
         yield probe, stop
 
