@@ -205,6 +205,16 @@ def detection_lines(d: dict) -> list[str]:
         f" ({d['detected']}/{d['leaks']} detected); close -> ENDED line"
         f" median {_num(d['close_to_ended_s_median'], '.3f')} s,"
         f" max {_num(d['close_to_ended_s_max'], '.3f')} s",
+        *(
+            [
+                f"   in CLOSE_WAIT before attach: FIN -> first leak line max"
+                f" {_num(p['latency_s_max'], '.2f')} s, at most"
+                f" {_num(p['past_bound_s_max'], '+.2f')} s past max(attach, FIN + min-age)"
+                f" + interval + 0.5 s ({p['detected']}/{p['leaks']} detected)"
+            ]
+            if (p := d.get("preexisting"))
+            else []
+        ),
     ]
 
 
@@ -365,6 +375,19 @@ def targets(results: dict) -> list[dict]:
                 f" ({det['detected']}/{det['leaks']} detected)",
             )
         )
+        pre = det.get("preexisting")
+        if pre:
+            past = pre.get("past_bound_s_max")
+            out.append(
+                _target(
+                    "detection-preexisting",
+                    "leaks in CLOSE_WAIT before attach: reported by max(attach, FIN + min-age)"
+                    " + interval + 0.5 s",
+                    None if past is None else (past <= 0 and pre["detected"] == pre["leaks"]),
+                    f"at most {_num(past, '+.2f')} s past it"
+                    f" ({pre['detected']}/{pre['leaks']} detected)",
+                )
+            )
     return out
 
 

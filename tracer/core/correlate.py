@@ -154,7 +154,7 @@ def end_from_event(leak: Leak, ev: LeftCloseWait, still: list[Holder]) -> LeakEn
     if still:
         reason = "reset" if ev.to_close else "shutdown"
         return LeakEnded(leak, ev.ts_ns, reason, exact=True, still_held=still)
-    if ev.tgid not in {h.pid for h in leak.holders}:
+    if ev.tgid != leak.pid and all(h.pid != ev.tgid for h in leak.holders):
         return LeakEnded(leak, ev.ts_ns, "closed", exact=True)
     drop = ev.drop
     if drop is None:

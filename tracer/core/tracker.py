@@ -97,6 +97,10 @@ class LeakTracker:
                 out.append(d)
         return out
 
+    def holders_index(self) -> dict[int, dict[int, int]]:
+        """pid -> fd -> inode of every holder of every leak (read-only)."""
+        return self._at
+
     def holds(self, h: Holder) -> int | None:
         """The leaked socket (inode) the tracker believes fd h holds."""
         fds = self._at.get(h.pid)
@@ -191,7 +195,9 @@ class LeakTracker:
                 continue
             leak = self._find(ev)
             if leak is not None:
-                self._end(leak, ch, end_from_event(leak, ev, still_holding(leak)), watched=True)
+                # A close by the holder of every fd: nothing can still hold it.
+                still = [] if _drop_covers(ev, leak) else still_holding(leak)
+                self._end(leak, ch, end_from_event(leak, ev, still), watched=True)
         self.settle(ch, still_holding, now_ns if now_ns is not None else last_ts, rescan)
         return ch
 
@@ -403,6 +409,15 @@ class LeakTracker:
         target_pids = {h.pid for h in leak.holders} - {h.pid for h in others}
         reason = "exited" if target_pids <= exited else "released"
         return LeakEnded(leak, now, reason, exact=False, still_held=others)
+
+
+def _drop_covers(ev: LeftCloseWait, leak: Leak) -> bool:
+    """Whether the closing thread's own fd drop covers every known holder of
+    the socket (the usual close of a single-fd leak): then no readlink is
+    needed to know that none holds it any more."""
+    if ev.drop is None or ev.drop == "exit":
+        return False
+    return all(h.pid == ev.tgid and ev.fd_lo <= h.fd <= ev.fd_hi for h in leak.holders)
 
 
 def _by_age(leak: Leak) -> tuple[int, int]:

@@ -131,6 +131,7 @@ class Watcher:
             # Missed events may hide fd drops and ends: trust nothing until rescanned.
             self._events_lost = stats.events_lost
             self.fds.forget_all()
+            self.watchlist.remark_all()
             self._last_full_scan = self._last_dump = 0
         needed = (
             not self._dumped
@@ -258,6 +259,8 @@ class Watcher:
         for ev in events:
             if isinstance(ev, FdDrop):
                 self.fds.forget(ev.tgid, ev.fd_lo, ev.fd_hi)
+                if ev.fd_lo == ev.fd_hi:
+                    self.watchlist.kernel_dropped(Holder(ev.tgid, ev.fd_lo))
         return events
 
     def _descendants_seen(self) -> set[int]:

@@ -108,6 +108,22 @@ class WatchList:
             if not fds:
                 del self._fds[h.pid]
 
+    def kernel_dropped(self, h: Holder) -> None:
+        """An fd-drop event for a marked fd: the kernel removed the mark."""
+        fds = self._fds.get(h.pid)
+        if fds is not None and fds.pop(h.fd, None) is not None:
+            self.probe.fd_mark_dropped(h.pid)
+            if not fds:
+                del self._fds[h.pid]
+
+    def remark_all(self) -> None:
+        """After lost events the kernel's marks are not known for sure: take
+        them all back and mark every holder again at the next sync."""
+        self.clear_fds()
+        self.tracker.fd_dirty.update(
+            Holder(pid, fd) for pid, fds in self.tracker.holders_index().items() for fd in fds
+        )
+
     def marked(self, h: Holder) -> bool:
         return h.fd in self._fds.get(h.pid, ())
 
@@ -119,6 +135,9 @@ class WatchList:
         probe shared with a later session (the tests share one) starts clean."""
         for leak in list(self._sockets.values()):
             self._unwatch(leak)
+        self.clear_fds()
+
+    def clear_fds(self) -> None:
         for pid, fds in list(self._fds.items()):
             for fd in list(fds):
                 self.probe.unwatch_fd(pid, fd)

@@ -176,6 +176,15 @@ class KernelProbe:
         bpf_maps.update(p, p.Key(pid), p.Leaf(self._fd_marks[pid]))
         return True
 
+    def fd_mark_dropped(self, pid: int) -> None:
+        """The kernel removed one of pid's fd marks itself (it reported that
+        fd's drop): keep the count mirror in step, without a syscall."""
+        left = self._fd_marks.get(pid, 1) - 1
+        if left > 0:
+            self._fd_marks[pid] = left
+        else:
+            self._fd_marks.pop(pid, None)
+
     def unwatch_fd(self, pid: int, fd: int) -> None:
         t = self._watched_fds
         if not bpf_maps.delete(t, fd_key(t.Key, pid, fd)):
