@@ -87,7 +87,7 @@ def watch_targets(probe, targets: Targets, req: WatchRequest, stop) -> object:
     from tracer.engine.loop import WatchOptions, run
     from tracer.engine.watcher import Watcher
 
-    watcher = Watcher(probe, targets, req.min_age_s)
+    watcher = Watcher(probe, targets, req.min_age_s, interval_s=req.interval_s)
     try:
         options = WatchOptions(req.interval_s, req.min_age_s, req.duration_s)
         run(watcher, options, Output(req.json_lines, rows=req.rows), stop)

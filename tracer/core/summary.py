@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tracer.core.model import LatencyBucket, ProbeStats
 from tracer.core.trends import Group, Rate
+from tracer.core.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ProcessTrend:
     fd_limit: int | None
     rate: Rate | None
     eta_s: float | None  # None: not growing, or unknown
+    verdict: Verdict | None = None  # the most severe of its groups' (core/verdict.py)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from tracer.core.correlate import Changes, KernelIndex, LeakTracker, Observation
 from tracer.core.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait, leaks_per_pid
 from tracer.core.summary import ProcessTrend, Summary
 from tracer.core.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
+from tracer.core.verdict import Verdict
+from tracer.engine.pools import PoolWatch
 from tracer.kernel.probe import KernelProbe
 from tracer.system import procfs
 from tracer.system.fdindex import FdIndex
@@ -49,6 +51,7 @@ class Watcher:
         targets: Targets,
         min_age_s: float,
         clock: Callable[[], int] = time.monotonic_ns,
+        interval_s: float = 2.0,
     ) -> None:
         self.probe = probe
         self.targets = targets
@@ -73,6 +76,7 @@ class Watcher:
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
         self._fd_counts: dict[int, tuple[int, int | None]] = {}  # pid -> (when, open fds)
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
+        self.pools = PoolWatch(probe, self.pool, self.fds, interval_s)  # verdicts per group
         if not targets.all_processes:
             self._set_kernel_targets()
 
@@ -263,7 +267,7 @@ class Watcher:
                 if self.probe.watch_fd(pid, fd, fds[fd]):
                     have.add(fd)
 
-    def process_trends(self) -> list[ProcessTrend]:
+    def process_trends(self, verdicts: dict[int, Verdict] | None = None) -> list[ProcessTrend]:
         """Per watched process: open fds, fd limit, leak rate, time to the limit."""
         out = []
         leaks_of = leaks_per_pid(self.tracker.leaks.values())
@@ -279,6 +283,7 @@ class Watcher:
                     fd_limit=fd_limit,
                     rate=rate,
                     eta_s=fd_exhaustion_eta_s(open_fds, fd_limit, rate),
+                    verdict=(verdicts or {}).get(pid),
                 )
             )
         return out
@@ -300,6 +305,7 @@ class Watcher:
         """Totals for a report; counts what changed since the previous one."""
         now = self.clock()
         since, self._since_report = self._since_report, Changes()
+        groups = self.pools.judge(self.starts.groups(self.leaks(), now), self.leaks(), now)
         return Summary(
             wall=wall,
             now_ns=now,
@@ -312,8 +318,8 @@ class Watcher:
             final=final,
             exited=dict(self.targets.exited),
             unheld=self.unheld if self.targets.all_processes else None,
-            processes=self.process_trends(),
-            groups=self.starts.groups(self.leaks(), now),
+            processes=self.process_trends(self.pools.by_pid),
+            groups=groups,
             latency=self.probe.read_latency() if final else [],
         )
 

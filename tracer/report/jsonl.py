@@ -26,7 +26,7 @@ from tracer.core.model import (
 from tracer.core.summary import ProcessRank, ProcessTrend, Summary
 from tracer.core.trends import Group, log2_bucket_bounds
 from tracer.report.escape import printable
-from tracer.report.text import comms_of, conn_age, describe_end
+from tracer.report.text import comms_of, conn_age, describe_end, verdict_text
 
 
 class JsonRenderer:
@@ -150,6 +150,7 @@ def trend_json(p: ProcessTrend | None) -> dict:
         "rate_window_s": None if r is None else round(r.window_s, 1),
         "rate_reliable": None if r is None else r.reliable,
         "fd_exhaustion_eta_s": None if p is None or p.eta_s is None else round(p.eta_s, 1),
+        "verdict": None if p is None or p.verdict is None else p.verdict.kind,
     }
 
 
@@ -164,6 +165,20 @@ def group_json(g: Group, s: Summary) -> dict:
         "newest_s": round(g.newest_s, 3),
         "leaks_per_min": None if g.per_min is None else round(g.per_min, 3),
         "opened_by": printable(g.opened_by),
+        **verdict_json(g),
+    }
+
+
+def verdict_json(g: Group) -> dict:
+    v = g.verdict
+    if v is None:
+        return dict.fromkeys(("verdict", "verdict_text", "verdict_pid", "quiet_s", "established"))
+    return {
+        "verdict": v.kind,
+        "verdict_text": verdict_text(v, g),
+        "verdict_pid": v.pid,
+        "quiet_s": None if v.quiet_s is None else round(v.quiet_s, 3),
+        "established": v.established,
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tracer.core.model import FdReleased, LatencyBucket, Leak, LeakEnded, ProbeStats, leaks_per_pid
 from tracer.core.summary import ProcessRank, ProcessTrend, Summary
 from tracer.core.trends import Group, log2_bucket_bounds
+from tracer.core.verdict import GROWING
 from tracer.report.durations import format_age
 from tracer.report.escape import printable
 from tracer.report.text import (
@@ -24,6 +25,8 @@ from tracer.report.text import (
     fd_text,
     opened_by,
     opt,
+    process_verdict_text,
+    verdict_text,
 )
 
 
@@ -108,7 +111,7 @@ class TableRenderer:
                 lines.append(FOOTNOTE_OPENER)
         if s.groups:
             lines.append("  by peer:")
-            lines.extend(f"    {group_text(g)}" for g in s.groups[:GROUPS_SHOWN])
+            lines.extend(f"    {text}" for g in s.groups[:GROUPS_SHOWN] for text in group_text(g))
             if len(s.groups) > GROUPS_SHOWN:
                 lines.append(f"    ... {len(s.groups) - GROUPS_SHOWN} more groups (--json has all)")
         if s.final:
@@ -203,19 +206,27 @@ def trend_text(p: ProcessTrend) -> str:
     text += f", {r.per_min:+.1f} leaks/min over {format_age(r.window_s)}"
     if not r.reliable:
         text += " (too short a window to trust)"
-    if p.eta_s is not None:
-        return text + f", fd limit in ~{format_age(p.eta_s)}"
-    return text + (", not growing" if not r.growing else "")
+    v = p.verdict
+    # An exhausted pool, or a flat count, will not reach the fd limit: its
+    # verdict says what it is instead (a flat count is no reassurance).
+    if p.eta_s is not None and (v is None or v.kind == GROWING):
+        text += f", fd limit in ~{format_age(p.eta_s)}"
+    elif v is not None:
+        text += ", " + process_verdict_text(v)
+    return text
 
 
-def group_text(g: Group) -> str:
+def group_text(g: Group) -> list[str]:
+    """The group's line, then its verdict's sentence (if judged)."""
     where = f"{g.endpoint} ({'peer' if g.side == 'remote' else 'local service'})"
     rate = "" if g.per_min is None else f", {g.per_min:.1f}/min since attach"
     opened = "" if g.opened_by == "-" else f", opened by {printable(g.opened_by)}"
-    return (
+    verdict = "" if g.verdict is None else f" [{g.verdict.kind.upper()}]"
+    line = (
         f"{where}: {g.leaks} leak{'' if g.leaks == 1 else 's'}, oldest {format_age(g.oldest_s)}, "
-        f"newest {format_age(g.newest_s)}{rate}{opened}"
+        f"newest {format_age(g.newest_s)}{rate}{opened}{verdict}"
     )
+    return [line] if g.verdict is None else [line, f"  {verdict_text(g.verdict, g)}"]
 
 
 def latency_lines(

@@ -9,6 +9,8 @@ import time
 from tracer.core.containers import container_of
 from tracer.core.model import NS_PER_S, Leak, LeakEnded
 from tracer.core.summary import Summary
+from tracer.core.trends import Group
+from tracer.core.verdict import DRAINING, EXHAUSTED, GROWING, STEADY, Verdict
 from tracer.report.durations import format_age
 from tracer.report.escape import printable
 
@@ -86,3 +88,44 @@ def describe_end(e: LeakEnded) -> str:
         where = held or "a process or kernel user closewait cannot see"
         return f"no watched process holds it any more; still in CLOSE_WAIT, held by {where}"
     return e.reason
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def verdict_text(v: Verdict, g: Group) -> str:
+    """The sentence behind a group's verdict (core/verdict.py says when each holds)."""
+    window = format_age(v.window_s)
+    who = f" of pid {v.pid}" if len(g.by_pid) > 1 else ""
+    if v.kind == EXHAUSTED:
+        late = v.peak - v.leaks
+        closed = f" ({late} of its leaked ones were closed late, never given back)" if late else ""
+        return (
+            f"all {_plural(v.leaks, 'connection')}{who} to {g.endpoint} are leaked and none "
+            f"was opened for {format_age(v.quiet_s or 0)}: a pool of {v.peak} for this peer "
+            f"is probably exhausted{closed}; threads waiting for a connection are blocked"
+        )
+    if v.kind == GROWING:
+        return (
+            f"growing: {v.change:+d} leaks in the last {window}, and new ones keep coming: "
+            "an unbounded pool, or a new connection per request"
+        )
+    if v.kind == DRAINING:
+        return f"draining: {-v.change} fewer leaks than {window} ago: they are being closed, late"
+    text = f"steady: no new leak in the last {window}, and the leaked ones stay open"
+    if v.quiet_s is not None and v.quiet_s < v.window_s:
+        return text + "; it still connects to this peer"
+    if v.established:
+        return text + f"; {_plural(v.established, 'ESTABLISHED connection')} to it left"
+    return text
+
+
+def process_verdict_text(v: Verdict) -> str:
+    """The per-process line's words for its most severe verdict."""
+    return {
+        EXHAUSTED: f"pool to {v.endpoint} exhausted",
+        GROWING: "growing",
+        STEADY: "steady: its leaks stay open",
+        DRAINING: "draining: leaks are being closed, late",
+    }[v.kind]

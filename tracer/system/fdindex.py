@@ -77,6 +77,11 @@ class FdIndex:
     def pids(self) -> list[int]:
         return list(self._fds)
 
+    def socket_inodes(self, pid: int) -> set[int] | None:
+        """The socket inodes pid held at the last scan (None: not indexed)."""
+        fds = self._fds.get(pid)
+        return None if fds is None else set(fds.values())
+
     def holders(self, inodes: Iterable[int]) -> dict[int, list[Holder]]:
         """inode -> holders, for the inodes some indexed process holds."""
         by_inode = self._by_inode

@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
@@ -34,6 +35,7 @@ NLMSG_DONE = 3
 INET_DIAG_INFO = 2
 CLONE_NEWNET = 0x40000000
 TCP_CLOSE_WAIT = const("CW_TCP_CLOSE_WAIT")  # closewait.h holds the TCP states once
+TCP_ESTABLISHED = const("CW_TCP_ESTABLISHED")
 
 _NLMSGHDR = struct.Struct("=IHHII")
 # struct inet_diag_msg: family, state, timer, retrans, sport(be), dport(be),
@@ -211,6 +213,51 @@ class DiagClient:
                         raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
                 off += (length + 3) & ~3
 
+    def connections(self, states: int) -> list[tuple[SockTuple, int]]:
+        """(tuple, inode) of every TCP socket in `states` (a mask of 1 << state).
+
+        Not the CLOSE_WAIT path: no tcp_info, no cache, every reply parsed;
+        for the few namespaces the pool diagnosis asks about."""
+        out: list[tuple[SockTuple, int]] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            self._seq += 1
+            self._sock.send(_request(family, states, self._seq, with_info=False))
+            for view, start in self._replies(self._seq):
+                d = _DIAG_MSG.unpack_from(view, start)
+                fam, sport, dport, src, dst, inode = d[0], d[4], d[5], d[6], d[7], d[14]
+                t = SockTuple(
+                    fam,
+                    _address(fam, src),
+                    int.from_bytes(sport, "big"),
+                    _address(fam, dst),
+                    int.from_bytes(dport, "big"),
+                )
+                out.append((t, inode))
+        return out
+
+    def _replies(self, seq: int) -> Iterator[tuple[memoryview, int]]:
+        """(buffer, offset of the inet_diag_msg) of each reply to request `seq`."""
+        view = memoryview(self._buf)
+        hsize = _NLMSGHDR.size
+        while True:
+            n = self._sock.recv_into(self._buf)
+            off = 0
+            while off + hsize <= n:
+                length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(view, off)
+                if length < hsize:
+                    return
+                if mseq == seq:
+                    if mtype == SOCK_DIAG_BY_FAMILY:
+                        yield view, off + hsize
+                    elif mtype == NLMSG_DONE:
+                        return
+                    elif mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", view, off + hsize)
+                        if code == 0:
+                            return
+                        raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+                off += (length + 3) & ~3
+
     def _parse(self, view: memoryview, start: int, end: int) -> DiagSock:
         (
             family,
@@ -261,6 +308,13 @@ class DiagPool:
 
     def close_wait(self, netns: int, pid: int) -> list[DiagSock]:
         """CLOSE_WAIT sockets of the namespace `netns`, entered through /proc/pid if new."""
+        return self._client(netns, pid).close_wait()
+
+    def connections(self, netns: int, pid: int, states: int) -> list[tuple[SockTuple, int]]:
+        """(tuple, inode) of the namespace's TCP sockets in `states` (DiagClient.connections)."""
+        return self._client(netns, pid).connections(states)
+
+    def _client(self, netns: int, pid: int) -> DiagClient:
         client = self._clients.get(netns)
         if client is None:
             own = os.stat("/proc/self/ns/net").st_ino
@@ -269,7 +323,7 @@ class DiagPool:
                 raise NetnsUnavailable(f"pid {pid} left namespace {netns}")
             client = DiagClient(netns, path)
             self._clients[netns] = client
-        return client.close_wait()
+        return client
 
     def retain(self, namespaces: set[int]) -> None:
         """Close the sockets of namespaces no target uses any more (lets them be freed)."""
