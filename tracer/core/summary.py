@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.core.model import LatencyBucket, ProbeStats
+from tracer.core.threaddump import ProcessThreads
 from tracer.core.trends import Group, Rate
 from tracer.core.verdict import Verdict
 
@@ -43,6 +44,9 @@ class Summary:
     processes: list[ProcessTrend] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     latency: list[LatencyBucket] = field(default_factory=list)  # final report only
+    # --threads: the latest look at each leaking process's threads; one
+    # taken for this report has taken_ns == now_ns.
+    threads: list[ProcessThreads] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ Once per report, for the groups of leaks the watcher just built:
   and those to the peer whose inode the process holds are counted. Only
   candidates pay for that, so its cost is bounded by the suspects;
 - tracer.core.verdict judges each group.
+
+With --threads, tracer/engine/threads.py looks at the waiting threads.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from tracer.core.summary import ProcessTrend, Summary
 from tracer.core.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
 from tracer.core.verdict import Verdict
 from tracer.engine.pools import PoolWatch
+from tracer.engine.threads import ThreadDumps
 from tracer.kernel.probe import KernelProbe
 from tracer.system import procfs
 from tracer.system.fdindex import FdIndex
@@ -52,6 +53,7 @@ class Watcher:
         min_age_s: float,
         clock: Callable[[], int] = time.monotonic_ns,
         interval_s: float = 2.0,
+        threads: bool = False,
     ) -> None:
         self.probe = probe
         self.targets = targets
@@ -77,6 +79,7 @@ class Watcher:
         self._fd_counts: dict[int, tuple[int, int | None]] = {}  # pid -> (when, open fds)
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
         self.pools = PoolWatch(probe, self.pool, self.fds, interval_s)  # verdicts per group
+        self.dumps = ThreadDumps() if threads else None  # --threads
         if not targets.all_processes:
             self._set_kernel_targets()
 
@@ -306,6 +309,7 @@ class Watcher:
         now = self.clock()
         since, self._since_report = self._since_report, Changes()
         groups = self.pools.judge(self.starts.groups(self.leaks(), now), self.leaks(), now)
+        dumps = self.dumps.update(self.leaks(), self.pools.by_pid, now) if self.dumps else []
         return Summary(
             wall=wall,
             now_ns=now,
@@ -321,6 +325,7 @@ class Watcher:
             processes=self.process_trends(self.pools.by_pid),
             groups=groups,
             latency=self.probe.read_latency() if final else [],
+            threads=dumps,
         )
 
     def leaks(self) -> list[Leak]:

@@ -22,6 +22,8 @@ from tracer.report.text import (
     conn_age,
     container,
     describe_end,
+    dump_header,
+    dump_lines,
     fd_text,
     opened_by,
     opt,
@@ -64,6 +66,9 @@ WATCH_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, OPENED_BY, CONN_AGE)
 SNAPSHOT_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, UID, CONTAINER)
 VIEWS = {"watch": WATCH_COLUMNS, "snapshot": SNAPSHOT_COLUMNS}
 
+FOOTNOTE_WAITING = (
+    "! the thread that opened it is now blocked waiting for a pooled connection (--threads)"
+)
 FOOTNOTE_OPENER = (
     "* the process that opened the connection no longer holds it "
     "(inherited across fork, or passed to another process)"
@@ -101,7 +106,8 @@ class TableRenderer:
         if leaks:
             shown = leaks if self.rows is None else leaks[: self.rows]
             lines.append(self._row(c.header for c in self.columns))
-            lines.extend(self._row(c.value(lk, s.now_ns) for c in self.columns) for lk in shown)
+            waiting = {(t.pid, tid) for t in s.threads for tid in t.waiting_tids()}
+            lines.extend(self._row(self._cells(lk, s.now_ns, waiting)) for lk in shown)
             if len(shown) < len(leaks):
                 lines.append(
                     f"  ... {len(leaks) - len(shown)} more (oldest shown first; "
@@ -109,15 +115,28 @@ class TableRenderer:
                 )
             if OPENED_BY in self.columns and any(lk.opener_holds is False for lk in leaks):
                 lines.append(FOOTNOTE_OPENER)
+            if OPENED_BY in self.columns and any(_opener_waits(lk, waiting) for lk in shown):
+                lines.append(FOOTNOTE_WAITING)
         if s.groups:
             lines.append("  by peer:")
             lines.extend(f"    {text}" for g in s.groups[:GROUPS_SHOWN] for text in group_text(g))
             if len(s.groups) > GROUPS_SHOWN:
                 lines.append(f"    ... {len(s.groups) - GROUPS_SHOWN} more groups (--json has all)")
+        comms = comms_of(s)
+        for t in s.threads:
+            lines.append(f"  {dump_header(t, comms.get(t.pid, '?'), s.now_ns)}")
+            lines.extend(f"    {line}" for line in dump_lines(t, leaks))
         if s.final:
-            lines.extend(latency_lines(s.latency, comms_of(s), leaks))
+            lines.extend(latency_lines(s.latency, comms, leaks))
         lines.append("")
         return lines
+
+    def _cells(self, lk: Leak, now_ns: int, waiting: set[tuple[int, int]]) -> list[str]:
+        cells = [c.value(lk, now_ns) for c in self.columns]
+        if waiting and OPENED_BY in self.columns and _opener_waits(lk, waiting):
+            i = self.columns.index(OPENED_BY)
+            cells[i] = cells[i][: OPENED_BY.width - 1] + "!"
+        return cells
 
     def _row(self, cells: Sequence[str] | object) -> str:
         return " ".join(c.cell(v) for c, v in zip(self.columns, cells)).rstrip()
@@ -189,6 +208,12 @@ class TableRenderer:
             f"on leaked socket {r.leak.local} -> {r.leak.remote}: "
             f"it stays in CLOSE_WAIT, still held by {held}"
         )
+
+
+def _opener_waits(lk: Leak, waiting: set[tuple[int, int]]) -> bool:
+    """The thread that opened this leak is now blocked waiting for a pooled connection."""
+    c = lk.creator
+    return c is not None and (c.tgid, c.tid) in waiting
 
 
 GROUPS_SHOWN = 10

@@ -5,10 +5,12 @@ process goes through escape.printable() here or in the renderers."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from tracer.core.containers import container_of
 from tracer.core.model import NS_PER_S, Leak, LeakEnded
 from tracer.core.summary import Summary
+from tracer.core.threaddump import ProcessThreads
 from tracer.core.trends import Group
 from tracer.core.verdict import DRAINING, EXHAUSTED, GROWING, STEADY, Verdict
 from tracer.report.durations import format_age
@@ -129,3 +131,63 @@ def process_verdict_text(v: Verdict) -> str:
         STEADY: "steady: its leaks stay open",
         DRAINING: "draining: leaks are being closed, late",
     }[v.kind]
+
+
+STATE_WORDS = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "in uninterruptible sleep",
+    "T": "stopped",
+    "t": "stopped by a tracer",
+    "Z": "a zombie",
+    "I": "idle",
+}
+
+
+def opened_fds(leaks: Sequence[Leak], pid: int) -> dict[int, list[int]]:
+    """tid -> the fds of pid's leaks that thread opened (the join with a dump's threads)."""
+    out: dict[int, list[int]] = {}
+    for lk in leaks:
+        c = lk.creator
+        if lk.pid == pid and c is not None and c.tgid == pid and c.tid:
+            out.setdefault(c.tid, []).extend(lk.fds)
+    return {tid: sorted(fds) for tid, fds in out.items()}
+
+
+def dump_header(t: ProcessThreads, comm: str, now_ns: int) -> str:
+    """`threads of pid 5528 (java), jcmd Thread.print in 0.25s, JVM paused 0.40 ms: 25 threads`"""
+    text = f"threads of pid {t.pid} ({printable(comm)})"
+    if now_ns != t.taken_ns:
+        text += f", looked {format_age((now_ns - t.taken_ns) / NS_PER_S)} ago"
+    if t.tool:
+        text += f", {t.tool}" + ("" if t.seconds is None else f" in {t.seconds:.2f}s")
+    if t.problem is not None:
+        return f"{text}: {printable(t.problem)}"
+    if t.pause_ms is not None:
+        text += ", not paused" if t.pause_ms == 0 else f", paused {t.pause_ms:.2f} ms"
+    return f"{text}: {t.threads} threads"
+
+
+def dump_lines(t: ProcessThreads, leaks: Sequence[Leak]) -> list[str]:
+    """What the threads are doing: pool waits and the leaks their threads opened,
+    or (no dump) the state of each opener thread."""
+    opened = opened_fds(leaks, t.pid)
+    lines = [printable(g.sentence()) for g in t.groups]
+    if t.problem is None and not t.groups:
+        lines.append("no thread waits for a pooled connection")
+    blocked = [(tid, opened[tid]) for tid in sorted(t.waiting_tids()) if tid in opened]
+    if blocked:
+        names = {th.tid: th.label() for g in t.groups for th in g.threads}
+        who = ", ".join(
+            f"{printable(names[tid])}/{tid} (fd {','.join(map(str, fds))})" for tid, fds in blocked
+        )
+        lines.append(
+            f"{_plural(len(blocked), 'thread')} that opened leaked connections "
+            f"{'is' if len(blocked) == 1 else 'are'} now blocked waiting for another: {who}"
+        )
+    for o in t.openers:
+        state = STATE_WORDS.get(o.state or "", o.state or "?")
+        wchan = f" in {printable(o.wchan)}" if o.wchan else ""
+        fds = ",".join(map(str, opened.get(o.tid, [])))
+        lines.append(f"opener {printable(o.name or '?')}/{o.tid} (fd {fds}): {state}{wchan}")
+    return lines
