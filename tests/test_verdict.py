@@ -33,9 +33,9 @@ def quiet_for(seconds: float, established: int | None = 0) -> PeerActivity:
                         established=established)  # fmt: skip
 
 
-def verdict(activity: dict, change: int = 0, side: str = "remote", leaks=None, peak: int = 0):
+def verdict(activity: dict, change: int = 0, side: str = "remote", leaks=None):
     leaks = leaks or {100: 20}
-    return most_severe(judge(side, PEER, leaks, change, peak, activity, NOW, 10.0))
+    return most_severe(judge(side, PEER, leaks, change, {}, activity, NOW, 10.0))
 
 
 def test_the_window_is_three_intervals_and_at_least_ten_seconds() -> None:
@@ -107,7 +107,8 @@ def group(v, leaks: int = 20, by_pid=None) -> Group:
 )  # fmt: skip
 def test_each_verdict_is_said_in_words(kind: str, change: int, peak: int, words: str) -> None:
     quiet = 45.0 if kind == EXHAUSTED else None
-    v = judge("remote", PEER, {100: 20}, change, peak, {}, NOW, 10.0)[0]
+    v = judge("remote", PEER, {100: 20}, change, {100: peak}, {}, NOW, 10.0)[0]
+    assert v.peak == peak
     v = type(v)(kind, 100, PEER, 20, change, 10.0, quiet, 0 if quiet else None, peak)
     assert words in verdict_text(v, group(v))
     assert process_verdict_text(v)

@@ -88,7 +88,7 @@ def judge(
     endpoint: str,
     leaks_by_pid: Mapping[int, int],
     change: int,
-    peak: int,
+    peaks: Mapping[int, int],
     activity: Mapping[int, PeerActivity],
     now_ns: int,
     window: float,
@@ -98,8 +98,8 @@ def judge(
     severe (most_severe).
 
     `leaks_by_pid`: the group's leaks per holding process; `change`: the
-    group's leaks now minus `window` seconds ago; `peak`: the most it had at
-    once; `activity`: per process, its connects to the peer (remote groups
+    group's leaks now minus `window` seconds ago; `peaks`: the most leaks each
+    process had in it at once; `activity`: per process, its connects to the peer (remote groups
     only).
     """
     verdicts = []
@@ -111,7 +111,7 @@ def judge(
             kind = EXHAUSTED
         else:
             kind = GROWING if change > 0 else DRAINING if change < 0 else STEADY
-        peak_n = max(peak, n)
+        peak_n = max(peaks.get(pid, 0), n)
         verdicts.append(Verdict(kind, pid, endpoint, n, change, window, quiet, established, peak_n))
     return verdicts
 

@@ -45,7 +45,8 @@ class PoolWatch:
         self.diag = diag
         self.fds = fds
         self.window = window_s(interval_s)
-        self.counts = GroupCounts()
+        self.counts = GroupCounts()  # per group: its change over the window
+        self.pid_counts = GroupCounts()  # per group and process: its peak
         self._since: dict[PeerKey, int] = {}  # when the kernel began counting each pair
         self.by_pid: dict[int, Verdict] = {}  # the most severe verdict of each process
 
@@ -65,7 +66,9 @@ class PoolWatch:
                 act = replace(act, established=established.count(key))
             activity[key] = act
         self.counts.add({(g.side, g.endpoint): g.leaks for g in groups}, now_ns, self.window)
-        out, per_pid = [], {}
+        per_pid = {(g.side, g.endpoint, p): n for g in groups for p, n in g.by_pid.items()}
+        self.pid_counts.add(per_pid, now_ns, self.window)
+        out, verdicts_of = [], {}
         for g in groups:
             peer = peers.get((g.side, g.endpoint))
             acts = {}
@@ -75,12 +78,13 @@ class PoolWatch:
                     if act is not None:
                         acts[pid] = act
             key = (g.side, g.endpoint)
-            change, peak = self.counts.change(key, now_ns, self.window), self.counts.peak(key)
-            verdicts = judge(g.side, g.endpoint, g.by_pid, change, peak, acts, now_ns, self.window)
+            change = self.counts.change(key, now_ns, self.window)
+            peaks = {pid: self.pid_counts.peak((*key, pid)) for pid in g.by_pid}
+            verdicts = judge(g.side, g.endpoint, g.by_pid, change, peaks, acts, now_ns, self.window)
             for v in verdicts:
-                per_pid.setdefault(v.pid, []).append(v)
+                verdicts_of.setdefault(v.pid, []).append(v)
             out.append(replace(g, verdict=most_severe(verdicts)))
-        self.by_pid = {pid: v for pid, vs in per_pid.items() if (v := most_severe(vs))}
+        self.by_pid = {pid: v for pid, vs in verdicts_of.items() if (v := most_severe(vs))}
         return out
 
 
