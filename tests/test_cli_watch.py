@@ -199,6 +199,8 @@ def test_demo(bpf_ok, mode: str) -> None:
         assert group["opened_by"] == "pool-1-thread-*"
         assert "growing" in [g["verdict"] for g in groups]
         assert group["verdict"] == "exhausted" and group["established"] == 0
+        # Leaks the finalizer closed never went back to the pool: still a pool of 8.
+        assert "a pool of 8 for this peer is probably exhausted" in group["verdict_text"]
         (target,) = summaries[-1]["targets"]
         assert target["fd_limit"] == 256 and target["open_fds"] > counts[-1]
         assert target["verdict"] == "exhausted" and target["rate_reliable"] is False

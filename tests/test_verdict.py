@@ -16,6 +16,7 @@ from tracer.core.verdict import (
     GroupCounts,
     PeerActivity,
     PeerKey,
+    Verdict,
     is_candidate,
     judge,
     most_severe,
@@ -35,7 +36,7 @@ def quiet_for(seconds: float, established: int | None = 0) -> PeerActivity:
 
 def verdict(activity: dict, change: int = 0, side: str = "remote", leaks=None):
     leaks = leaks or {100: 20}
-    return most_severe(judge(side, PEER, leaks, change, {}, activity, NOW, 10.0))
+    return most_severe(judge(side, PEER, leaks, change, activity, NOW, 10.0))
 
 
 def test_the_window_is_three_intervals_and_at_least_ten_seconds() -> None:
@@ -50,6 +51,12 @@ def test_exhausted_needs_leaks_quiet_for_the_window_and_no_established_left() ->
     assert verdict({100: quiet_for(60, established=None)}).kind == STEADY  # unknown: no claim
     assert verdict({}).kind == STEADY  # connects not counted
     assert verdict({100: quiet_for(60)}, side="local").kind == STEADY  # a server's leaks
+
+
+def test_the_pool_counts_the_leaks_closed_late_since_the_last_connect() -> None:
+    act = PeerActivity(NOW - 30 * S, None, 0, ended_since_connect=3)
+    v = verdict({100: act}, change=-3, leaks={100: 5})
+    assert (v.kind, v.leaks, v.pool) == (EXHAUSTED, 5, 8)
 
 
 def test_quiet_counts_from_the_last_connect_known() -> None:
@@ -81,11 +88,10 @@ def test_group_counts_compare_with_a_window_ago() -> None:
         c.add({key: n}, t * S, 10.0)
     assert c.change(key, 14 * S, 10.0) == 2  # 6 now, 4 at t=2 (the last sample <= 4 s)
     assert c.change(key, 5 * S, 10.0) == 4  # younger than the window: since the first sample
-    assert c.peak(key) == 6
     c.add({key: 3}, 30 * S, 10.0)
-    assert c.change(key, 30 * S, 10.0) == -3 and c.peak(key) == 6
+    assert c.change(key, 30 * S, 10.0) == -3
     c.add({}, 32 * S, 10.0)  # the group is gone: forgotten
-    assert c.change(key, 32 * S, 10.0) == 0 and c.peak(key) == 0
+    assert c.change(key, 32 * S, 10.0) == 0
 
 
 def group(v, leaks: int = 20, by_pid=None) -> Group:
@@ -98,8 +104,8 @@ def group(v, leaks: int = 20, by_pid=None) -> Group:
         (EXHAUSTED, 0, 20, "all 20 connections to 127.0.0.1:8080 are leaked and none was opened "
          "for 45.0s: a pool of 20 for this peer is probably exhausted; threads waiting for a "
          "connection are blocked"),
-        (EXHAUSTED, -2, 22, "a pool of 22 for this peer is probably exhausted (2 of its leaked "
-         "ones were closed late, never given back)"),
+        (EXHAUSTED, -2, 22, "a pool of 22 for this peer is probably exhausted (2 more were "
+         "closed late, not given back)"),
         (GROWING, 4, 20, "growing: +4 leaks in the last 10.0s"),
         (DRAINING, -3, 20, "draining: 3 fewer leaks than 10.0s ago"),
         (STEADY, 0, 20, "steady: no new leak in the last 10.0s, and the leaked ones stay open"),
@@ -107,9 +113,7 @@ def group(v, leaks: int = 20, by_pid=None) -> Group:
 )  # fmt: skip
 def test_each_verdict_is_said_in_words(kind: str, change: int, peak: int, words: str) -> None:
     quiet = 45.0 if kind == EXHAUSTED else None
-    v = judge("remote", PEER, {100: 20}, change, {100: peak}, {}, NOW, 10.0)[0]
-    assert v.peak == peak
-    v = type(v)(kind, 100, PEER, 20, change, 10.0, quiet, 0 if quiet else None, peak)
+    v = Verdict(kind, 100, PEER, 20, change, 10.0, quiet, 0 if quiet else None, peak)
     assert words in verdict_text(v, group(v))
     assert process_verdict_text(v)
 

@@ -58,6 +58,9 @@ class PeerActivity:
     counted_since_ns: int  # since when the kernel counts its connect()s to the peer
     last_connect_ns: int | None  # its latest connect() known (None: none seen)
     established: int | None  # ESTABLISHED connections it holds to the peer (None: not checked)
+    # Its leaks to the peer that ended (closed late) since that last connect:
+    # they were in the pool then, and their slot never came back.
+    ended_since_connect: int = 0
 
     def quiet_s(self, now_ns: int) -> float:
         """How long it provably opened no connection to the peer."""
@@ -80,7 +83,7 @@ class Verdict:
     window_s: float
     quiet_s: float | None = None  # no connect() to the peer for this long (None: not counted)
     established: int | None = None  # ESTABLISHED connections left (None: not checked)
-    peak: int = 0  # the most leaks the group had at once (some may have been closed late since)
+    pool: int = 0  # exhausted: the pool's probable size (leaks + those closed late since)
 
 
 def judge(
@@ -88,7 +91,6 @@ def judge(
     endpoint: str,
     leaks_by_pid: Mapping[int, int],
     change: int,
-    peaks: Mapping[int, int],
     activity: Mapping[int, PeerActivity],
     now_ns: int,
     window: float,
@@ -98,9 +100,8 @@ def judge(
     severe (most_severe).
 
     `leaks_by_pid`: the group's leaks per holding process; `change`: the
-    group's leaks now minus `window` seconds ago; `peaks`: the most leaks each
-    process had in it at once; `activity`: per process, its connects to the peer (remote groups
-    only).
+    group's leaks now minus `window` seconds ago; `activity`: per process,
+    its connects to the peer (remote groups only).
     """
     verdicts = []
     for pid, n in leaks_by_pid.items():
@@ -111,8 +112,8 @@ def judge(
             kind = EXHAUSTED
         else:
             kind = GROWING if change > 0 else DRAINING if change < 0 else STEADY
-        peak_n = max(peaks.get(pid, 0), n)
-        verdicts.append(Verdict(kind, pid, endpoint, n, change, window, quiet, established, peak_n))
+        pool = n + (act.ended_since_connect if act is not None else 0)
+        verdicts.append(Verdict(kind, pid, endpoint, n, change, window, quiet, established, pool))
     return verdicts
 
 
@@ -122,24 +123,17 @@ class GroupCounts:
 
     def __init__(self) -> None:
         self._samples: dict[object, deque[tuple[int, int]]] = {}
-        self._peak: dict[object, int] = {}
 
     def add(self, counts: Mapping[object, int], now_ns: int, window: float) -> None:
         """One sample per group; groups absent from `counts` are forgotten."""
         keep_ns = int(2 * window * NS_PER_S)
         for key in [k for k in self._samples if k not in counts]:
             del self._samples[key]
-            self._peak.pop(key, None)
         for key, n in counts.items():
-            self._peak[key] = max(self._peak.get(key, 0), n)
             q = self._samples.setdefault(key, deque())
             q.append((now_ns, n))
             while len(q) > 2 and now_ns - q[1][0] >= keep_ns:
                 q.popleft()
-
-    def peak(self, key: object) -> int:
-        """The most leaks the group had at once since it appeared."""
-        return self._peak.get(key, 0)
 
     def change(self, key: object, now_ns: int, window: float) -> int:
         """Leaks now minus the count a window ago (or at the first sample, if

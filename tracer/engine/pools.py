@@ -16,10 +16,10 @@ With --threads, tracer/engine/threads.py looks at the waiting threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from tracer.core.model import Leak
+from tracer.core.model import Leak, LeakEnded
 from tracer.core.trends import Group
 from tracer.core.verdict import (
     GroupCounts,
@@ -46,7 +46,7 @@ class PoolWatch:
         self.fds = fds
         self.window = window_s(interval_s)
         self.counts = GroupCounts()  # per group: its change over the window
-        self.pid_counts = GroupCounts()  # per group and process: its peak
+        self._ended: dict[PeerKey, list[int]] = {}  # when each pair's leaks ended
         self._since: dict[PeerKey, int] = {}  # when the kernel began counting each pair
         self.by_pid: dict[int, Verdict] = {}  # the most severe verdict of each process
 
@@ -55,19 +55,20 @@ class PoolWatch:
         newest, peers = _suspects(leaks)
         counted = self.probe.count_connects(set(newest))
         self._since = {k: self._since.get(k, now_ns) for k in counted}
+        self._ended = {k: v for k, v in self._ended.items() if k in counted}
         kernel = self.probe.read_connects()
         established = _EstablishedCounter(self.diag, self.fds)
         activity: dict[PeerKey, PeerActivity] = {}
         for key in counted:
             n, last_ns = kernel.get(key, (0, 0))
             last = max(last_ns if n else 0, newest[key]) or None
-            act = PeerActivity(self._since[key], last, None)
+            since = max(last or 0, self._since[key])
+            late = sum(1 for t in self._ended.get(key, ()) if t >= since)
+            act = PeerActivity(self._since[key], last, None, late)
             if is_candidate(act, now_ns, self.window):
                 act = replace(act, established=established.count(key))
             activity[key] = act
         self.counts.add({(g.side, g.endpoint): g.leaks for g in groups}, now_ns, self.window)
-        per_pid = {(g.side, g.endpoint, p): n for g in groups for p, n in g.by_pid.items()}
-        self.pid_counts.add(per_pid, now_ns, self.window)
         out, verdicts_of = [], {}
         for g in groups:
             peer = peers.get((g.side, g.endpoint))
@@ -79,13 +80,29 @@ class PoolWatch:
                         acts[pid] = act
             key = (g.side, g.endpoint)
             change = self.counts.change(key, now_ns, self.window)
-            peaks = {pid: self.pid_counts.peak((*key, pid)) for pid in g.by_pid}
-            verdicts = judge(g.side, g.endpoint, g.by_pid, change, peaks, acts, now_ns, self.window)
+            verdicts = judge(g.side, g.endpoint, g.by_pid, change, acts, now_ns, self.window)
             for v in verdicts:
                 verdicts_of.setdefault(v.pid, []).append(v)
             out.append(replace(g, verdict=most_severe(verdicts)))
         self.by_pid = {pid: v for pid, vs in verdicts_of.items() if (v := most_severe(vs))}
         return out
+
+    def ended(self, ends: Iterable[LeakEnded]) -> None:
+        """Leaks that ended: those closed late never gave their pool slot back."""
+        for e in ends:
+            key = _peer_key(e.leak)
+            if key is not None:
+                times = self._ended.setdefault(key, [])
+                times.append(e.ts_ns)
+                del times[:-1024]
+
+
+def _peer_key(lk: Leak) -> PeerKey | None:
+    """The (process, peer) pair of a client leak (None: a server's)."""
+    if lk.group is None or lk.group[0] != "remote":
+        return None
+    t = lk.tuple
+    return PeerKey(lk.pid, t.family, t.remote_ip, t.remote_port)
 
 
 def _suspects(
@@ -96,10 +113,10 @@ def _suspects(
     newest: dict[PeerKey, int] = {}
     peers: dict[tuple[str, str], tuple[int, str, int]] = {}
     for lk in leaks:
-        if lk.group is None or lk.group[0] != "remote":
+        key = _peer_key(lk)
+        if key is None:
             continue
-        t, c = lk.tuple, lk.creator
-        key = PeerKey(lk.pid, t.family, t.remote_ip, t.remote_port)
+        c = lk.creator
         peers[lk.group] = key[1:]
         opened = c.opened_ns if c is not None and c.tgid == lk.pid else 0
         if newest.get(key, -1) < opened:

@@ -229,6 +229,7 @@ class Watcher:
         self._since_report.new += changes.new
         self._since_report.ended += changes.ended
         self.starts.add(changes.new)
+        self.pools.ended(changes.ended)
         now = self.clock()
         if self.tracker.leaks:
             self._last_leak_ns = now

@@ -101,11 +101,13 @@ def verdict_text(v: Verdict, g: Group) -> str:
     window = format_age(v.window_s)
     who = f" of pid {v.pid}" if len(g.by_pid) > 1 else ""
     if v.kind == EXHAUSTED:
-        late = v.peak - v.leaks
-        closed = f" ({late} of its leaked ones were closed late, never given back)" if late else ""
+        late = v.pool - v.leaks
+        closed = ""
+        if late:
+            closed = f" ({late} more {'was' if late == 1 else 'were'} closed late, not given back)"
         return (
             f"all {_plural(v.leaks, 'connection')}{who} to {g.endpoint} are leaked and none "
-            f"was opened for {format_age(v.quiet_s or 0)}: a pool of {v.peak} for this peer "
+            f"was opened for {format_age(v.quiet_s or 0)}: a pool of {v.pool} for this peer "
             f"is probably exhausted{closed}; threads waiting for a connection are blocked"
         )
     if v.kind == GROWING:
@@ -133,6 +135,7 @@ def process_verdict_text(v: Verdict) -> str:
     }[v.kind]
 
 
+NAMES_SHOWN = 6  # thread names per table line (JSON has them all)
 STATE_WORDS = {
     "R": "running",
     "S": "sleeping",
@@ -172,18 +175,22 @@ def dump_lines(t: ProcessThreads, leaks: Sequence[Leak]) -> list[str]:
     """What the threads are doing: pool waits and the leaks their threads opened,
     or (no dump) the state of each opener thread."""
     opened = opened_fds(leaks, t.pid)
-    lines = [printable(g.sentence()) for g in t.groups]
+    lines = [printable(g.sentence(max_names=NAMES_SHOWN)) for g in t.groups]
     if t.problem is None and not t.groups:
         lines.append("no thread waits for a pooled connection")
     blocked = [(tid, opened[tid]) for tid in sorted(t.waiting_tids()) if tid in opened]
     if blocked:
         names = {th.tid: th.label() for g in t.groups for th in g.threads}
         who = ", ".join(
-            f"{printable(names[tid])}/{tid} (fd {','.join(map(str, fds))})" for tid, fds in blocked
+            f"{printable(names[tid])}/{tid} (fd {','.join(map(str, fds))})"
+            for tid, fds in blocked[:NAMES_SHOWN]
         )
+        if len(blocked) > NAMES_SHOWN:
+            who += f" and {len(blocked) - NAMES_SHOWN} more"
+        n = len(blocked)
         lines.append(
-            f"{_plural(len(blocked), 'thread')} that opened leaked connections "
-            f"{'is' if len(blocked) == 1 else 'are'} now blocked waiting for another: {who}"
+            f"{'the thread' if n == 1 else f'{n} threads'} that opened the leaked connections "
+            f"{'is' if n == 1 else 'are'} among them, blocked waiting for another one: {who}"
         )
     for o in t.openers:
         state = STATE_WORDS.get(o.state or "", o.state or "?")
