@@ -47,9 +47,32 @@ def test_readme_documents_every_json_field() -> None:
     ended_obj = json.loads(JsonRenderer().ended(ended, 0.0))
     notice_obj = json.loads(JsonRenderer().notice("x", 0.0))
     documented = _documented_fields("### JSON lines", "### Exit status")
-    for obj in (leak_obj, summary_obj, ended_obj, notice_obj):
+    for obj in (leak_obj, summary_obj, ended_obj, notice_obj, *_pool_objects()):
         missing = set(obj) - documented
         assert not missing, f"{obj['type']} fields not in README: {missing}"
+    for target in summary_obj["targets"]:
+        assert not set(target) - documented, set(target) - documented
+
+
+def _pool_objects() -> list[dict]:
+    """A group with its verdict, a threads object, and every nested object of it."""
+    from tests.test_render_pool import S, exhausted_summary, java_dump, opened_by_seed_1
+    from tracer.core.threaddump import OpenerState, ProcessThreads
+
+    now = 262 * S
+    failed = ProcessThreads(
+        100, "other", now, problem="x", openers=(OpenerState(1, "a", "S", "f"),)
+    )
+    s = exhausted_summary(now, [java_dump(now), failed])
+    objs = [json.loads(x) for x in JsonRenderer().report([opened_by_seed_1()], s)]
+    out = [o for o in objs if o["type"] in ("group", "threads")]
+    assert {o["type"] for o in out} == {"group", "threads"} and len(out) == 3
+    for t in [o for o in out if o["type"] == "threads"]:
+        for w in t["waiting"]:
+            out.append(w)
+            out.extend(w["threads"])
+        out.extend(t["openers"])
+    return [{"type": "nested", **o} for o in out]
 
 
 def test_help_lists_exit_codes() -> None:

@@ -80,6 +80,25 @@ def _address(family: int, raw: bytes) -> str:
     return text
 
 
+def _tuple(family: int, sport: bytes, dport: bytes, src: bytes, dst: bytes) -> SockTuple:
+    """A socket's tuple from inet_diag_msg's fields (ports in network order)."""
+    return SockTuple(
+        family,
+        _address(family, src),
+        int.from_bytes(sport, "big"),
+        _address(family, dst),
+        int.from_bytes(dport, "big"),
+    )
+
+
+def _check_end(view: memoryview, payload: int, mtype: int) -> None:
+    """The end of a dump: NLMSG_DONE, or NLMSG_ERROR with 0; raise on an error."""
+    if mtype == NLMSG_ERROR:
+        (code,) = struct.unpack_from("=i", view, payload)
+        if code != 0:
+            raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+
+
 class NetnsUnavailable(Exception):
     """The namespace cannot be entered (process gone, or not permitted)."""
 
@@ -204,13 +223,8 @@ class DiagClient:
                             d = d._replace(recv_q=rqueue - 1 if rqueue else 0)
                         seen[cookie] = d
                         out.append(d)
-                    elif mtype == NLMSG_DONE:
-                        return
-                    elif mtype == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", view, off + hsize)
-                        if code == 0:
-                            return
-                        raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+                    elif mtype in (NLMSG_DONE, NLMSG_ERROR):
+                        return _check_end(view, off + hsize, mtype)
                 off += (length + 3) & ~3
 
     def connections(self, states: int) -> list[tuple[SockTuple, int]]:
@@ -224,15 +238,7 @@ class DiagClient:
             self._sock.send(_request(family, states, self._seq, with_info=False))
             for view, start in self._replies(self._seq):
                 d = _DIAG_MSG.unpack_from(view, start)
-                fam, sport, dport, src, dst, inode = d[0], d[4], d[5], d[6], d[7], d[14]
-                t = SockTuple(
-                    fam,
-                    _address(fam, src),
-                    int.from_bytes(sport, "big"),
-                    _address(fam, dst),
-                    int.from_bytes(dport, "big"),
-                )
-                out.append((t, inode))
+                out.append((_tuple(d[0], d[4], d[5], d[6], d[7]), d[14]))
         return out
 
     def _replies(self, seq: int) -> Iterator[tuple[memoryview, int]]:
@@ -249,13 +255,8 @@ class DiagClient:
                 if mseq == seq:
                     if mtype == SOCK_DIAG_BY_FAMILY:
                         yield view, off + hsize
-                    elif mtype == NLMSG_DONE:
-                        return
-                    elif mtype == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", view, off + hsize)
-                        if code == 0:
-                            return
-                        raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+                    elif mtype in (NLMSG_DONE, NLMSG_ERROR):
+                        return _check_end(view, off + hsize, mtype)
                 off += (length + 3) & ~3
 
     def _parse(self, view: memoryview, start: int, end: int) -> DiagSock:
@@ -287,13 +288,7 @@ class DiagClient:
                     "=I", view, off + _NLATTR.size + _LAST_ACK_RECV_OFF
                 )
             off += (alen + 3) & ~3
-        t = SockTuple(
-            family,
-            _address(family, src),
-            int.from_bytes(sport, "big"),
-            _address(family, dst),
-            int.from_bytes(dport, "big"),
-        )
+        t = _tuple(family, sport, dport, src, dst)
         # rqueue is rcv_nxt - copied_seq; the FIN occupies one sequence
         # number, so a socket that received only the FIN shows 1.
         est_fin = self._now_ns if last_ack is None else self._now_ns - last_ack * 1_000_000
