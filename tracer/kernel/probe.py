@@ -72,6 +72,7 @@ class KernelProbe:
         self._peer_connects = b[b"peer_connects"]
         self._peer_armed = b[b"peer_armed"]
         self._peers: set[PeerKey] = set()  # mirrors the keys of peer_connects
+        self._peers_armed = False  # mirrors peer_armed[0]
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._decoder = EventDecoder(b[b"event_layout"].Leaf)
         # TRACEPOINT_PROBEs are attached at load; the syscall probes only
@@ -204,8 +205,10 @@ class KernelProbe:
         for key in peers - self._peers:
             if bpf_maps.update(t, peer_key(t.Key, key), t.Leaf()):
                 self._peers.add(key)
-        a = self._peer_armed
-        bpf_maps.update(a, a.Key(0), a.Leaf(1 if self._peers else 0))
+        if bool(self._peers) != self._peers_armed:
+            self._peers_armed = bool(self._peers)
+            a = self._peer_armed
+            bpf_maps.update(a, a.Key(0), a.Leaf(int(self._peers_armed)))
         return set(self._peers)
 
     def read_connects(self) -> dict[PeerKey, tuple[int, int]]:
