@@ -17,15 +17,20 @@ module at once (JVMs start slowly, and each verdict needs its 10 s window):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import ROOT, LiveCli
+from tests.cli_helpers import ROOT, LiveCli, run_cli
+from tests.conftest import wait_until
+from tracer.system import procfs
 
 pytestmark = pytest.mark.bpf
 
@@ -36,17 +41,21 @@ APP_FRAME_JAVA = "shop.OrderService.fetchPrices(OrderService.java:22)"
 
 
 @pytest.fixture(scope="session")
-def java_client(tmp_path_factory) -> list[str]:
-    """The command line of the Java client, compiled once per session."""
+def java_client() -> Iterator[list[str]]:
+    """The command line of the Java client, compiled once per session (outside
+    /tmp: the container test gives its JVM a /tmp of its own)."""
     javac = shutil.which("javac")
     jars = [Path(f"/usr/share/java/{j}.jar") for j in JARS]
     if javac is None or not all(j.exists() for j in jars):
         pytest.skip("needs javac and libhttpclient-java: run scripts/setup.sh --dev")
-    out = tmp_path_factory.mktemp("java")
-    classpath = ":".join(map(str, jars))
-    sources = sorted(str(p) for p in (WORKLOADS / "java" / "shop").glob("*.java"))
-    subprocess.run([javac, "-d", str(out), "-cp", classpath, *sources], check=True)
-    return ["java", "-Xshare:auto", "-cp", f"{out}:{classpath}"]
+    out = tempfile.mkdtemp(prefix="closewait-java-", dir="/var/tmp")
+    try:
+        classpath = ":".join(map(str, jars))
+        sources = sorted(str(p) for p in (WORKLOADS / "java" / "shop").glob("*.java"))
+        subprocess.run([javac, "-d", out, "-cp", classpath, *sources], check=True)
+        yield ["java", "-Xshare:auto", "-cp", f"{out}:{classpath}"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 class Procs:
@@ -218,3 +227,35 @@ def test_threads_of_a_jvm_that_refuses_attach(session) -> None:
     assert dumps and all("refuses attach" in d["problem"] for d in dumps)
     assert dumps[0]["waiting"] == [] and dumps[0]["openers"]
     assert objs[-1]["type"] == "summary" and objs[-1]["final"]  # the report went on
+
+
+def test_threads_of_a_jvm_in_its_own_mount_and_pid_namespaces(bpf_ok, java_client) -> None:
+    """A container's JVM: its own /tmp (hsperfdata, attach socket) and pid 1 there.
+    snapshot --threads runs its jcmd inside its namespaces (nsenter)."""
+    procs = Procs()
+    try:
+        server = procs.start(sys.executable, "-m", "tracer.demo.workload", "server",
+                             stdout=subprocess.PIPE)  # fmt: skip
+        port = server.stdout.readline().strip()
+        java = " ".join([*java_client, "shop.LeakyPool", port, "leaky", "2", "3"])
+        # --kill-child: the JVM (pid 1 of its namespace) dies with unshare.
+        box = procs.start("unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+                          "--propagation", "private", "sh", "-c",
+                          f"mount -t tmpfs tmpfs /tmp && exec {java}")  # fmt: skip
+
+        def snapshot() -> dict | None:
+            kids = procfs.children(box.pid)
+            if not kids:
+                return None
+            res = run_cli("snapshot", "--pid", str(kids[0]), "--threads", "--json")
+            objs = [json.loads(line) for line in res.stdout.splitlines()]
+            dumps = [o for o in objs if o["type"] == "threads"]
+            return dumps[0] if dumps and dumps[0]["waiting"] else None
+
+        dump = wait_until(snapshot, timeout=20, step=0.5)
+        assert dump, "no dump with waiting threads"
+        assert dump["problem"] is None and dump["runtime"] == "java"
+        (wait,) = dump["waiting"]
+        assert wait["app_frame"] == APP_FRAME_JAVA and len(wait["threads"]) == 3
+    finally:
+        procs.kill()
