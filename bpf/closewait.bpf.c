@@ -28,6 +28,7 @@
  *  CW_MAX_FDS         watched (pid, fd) pairs: dups and forks multiply them
  *  CW_OFF_SKC_NET, CW_OFF_NET_INUM  BTF offsets of sock.__sk_common.skc_net.net
  *                     and net.ns.inum (absent: netns unknown, 0)
+ *  CW_MAX_PEERS       (process, peer) pairs whose connects are counted
  */
 #include <uapi/linux/ptrace.h>
 #include "closewait.h"
@@ -185,6 +186,26 @@ struct cw_reset {
 };
 BPF_PERCPU_ARRAY(last_reset, struct cw_reset, 1);
 
+/* Pool diagnosis (tracer/engine/pools.py): connects per (process, peer),
+ * counted only for the pairs user space inserted (a process holding leaked
+ * connections to that peer: a "suspect"). An exhausted pool opens no new
+ * connection to its peer; this says since when none was opened. The healthy
+ * path pays one array lookup while no suspect exists, one hash lookup
+ * otherwise: keys are never created here. */
+struct cw_peer_key {
+    u32 tgid;
+    u16 family;
+    u16 dport; /* host byte order, as the tracepoint gives it */
+    u8 daddr[16];
+};
+struct cw_peer_count {
+    u64 connects; /* connect()s since user space inserted the key */
+    u64 last_ns;  /* the latest one (bpf_ktime_get_ns), 0: none yet */
+};
+BPF_HASH(peer_connects, struct cw_peer_key, struct cw_peer_count, CW_MAX_PEERS);
+/* [0] != 0 while peer_connects holds a key: one lookup gates the counting. */
+BPF_ARRAY(peer_armed, u32, 1);
+
 /* Never written: it exists so that BCC hands Python a ctypes class for
  * struct cw_event (BCC derives classes for map leaves, nested structs
  * included, but not for nested structs in ring buffer records). */
@@ -256,6 +277,31 @@ static __always_inline void record_creator(u64 sk, u32 how)
     }
     conns.update(&sk, &c);
     stat_add(CW_STAT_CONN_ADDED);
+}
+
+/* Pool diagnosis: is any (process, peer) pair being counted? */
+static __always_inline int peer_connects_armed(void)
+{
+    u32 zero = 0;
+    u32 *on = peer_armed.lookup(&zero);
+    return on && *on;
+}
+
+/* Pool diagnosis: count a connect() of the current process to t's peer if
+ * user space asked for that pair. CLOSE -> SYN_SENT runs in the connecting
+ * thread, with the destination already set (the source port is not). */
+static __always_inline void count_peer_connect(const struct cw_tuple *t)
+{
+    struct cw_peer_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.family = t->family;
+    k.dport = t->dport;
+    __builtin_memcpy(k.daddr, t->daddr, 16);
+    struct cw_peer_count *c = peer_connects.lookup(&k);
+    if (c) {
+        __sync_fetch_and_add(&c->connects, 1);
+        c->last_ns = bpf_ktime_get_ns();
+    }
 }
 
 /* ESTABLISHED -> CLOSE_WAIT: tcp_fin() runs in softirq or in whichever task
@@ -463,6 +509,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             leave_close_wait(args, sk, &t, oldstate, newstate);
     } else if (oldstate == CW_TCP_CLOSE && newstate == CW_TCP_SYN_SENT) {
         record_creator(sk, CW_OPENED_CONNECT);
+        if (peer_connects_armed()) { /* pool diagnosis, only while suspects exist */
+            struct cw_tuple t;
+            READ_TUPLE(args, t);
+            count_peer_connect(&t);
+        }
     } else if (oldstate == CW_TCP_SYN_RECV && newstate == CW_TCP_ESTABLISHED) {
         record_creator(sk, CW_OPENED_ACCEPT);
     }

@@ -6,7 +6,7 @@
 #   - tracefs/debugfs mounted
 #   - .venv made from /usr/bin/python3 with system site packages (BCC lives
 #     there), with closewait installed in it (editable)
-# Usage: scripts/setup.sh [--dev]     --dev adds pytest, ruff and the test tools
+# Usage: scripts/setup.sh [--dev]     --dev adds pytest, ruff, py-spy, a JDK and the test tools
 # Safe to run again: every step checks first, and a second run takes seconds.
 set -euo pipefail
 
@@ -30,7 +30,9 @@ command -v apt-get >/dev/null || die "this script knows apt (Debian/Ubuntu); on 
 # --- packages ----------------------------------------------------------------
 PKGS=(python3-bpfcc python3-venv python3-pip iproute2 util-linux procps)
 if [ "$DEV" -eq 1 ]; then
-    PKGS+=(bpftool)
+    # bpftool for the tests' program checks; a JDK (javac, jcmd) and Apache
+    # HttpClient 4 for the pool-diagnosis tests' Java client (tests/test_pool.py).
+    PKGS+=(bpftool default-jdk-headless libhttpclient-java)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

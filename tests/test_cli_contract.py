@@ -50,31 +50,55 @@ def _documented_by_type() -> dict[str, set[str]]:
     return out
 
 
-def _every_object_type() -> dict[str, dict]:
+def _every_object_type() -> list[tuple[str, dict]]:
+    """(type, object) for every JSON object type closewait writes; the
+    objects nested in a threads object count as that type's fields."""
     from tracer.core.model import FdReleased, Holder, LatencyBucket
     from tracer.core.summary import ProcessRank
-    from tracer.core.trends import Group
 
     r = JsonRenderer()
     lk = leak()
-    group = Group("remote", "[::1]:8080", 7, 252.0, 2.0, 30.0, "pool-1-thread-*")
     lat = [LatencyBucket(100, "remote", 8080, 15, 50)]
-    lines = list(r.report([lk], summary(final=True, groups=[group], latency=lat)))
-    objs = {o["type"]: o for o in map(json.loads, lines)}
-    objs["ended"] = json.loads(r.ended(LeakEnded(lk, 0, "closed", exact=True), 0.0))
-    objs["notice"] = json.loads(r.notice("x", 0.0))
+    lines = list(r.report([lk], summary(final=True, latency=lat)))
+    objs = [(o["type"], o) for o in map(json.loads, lines)]
+    objs.append(("ended", json.loads(r.ended(LeakEnded(lk, 0, "closed", exact=True), 0.0))))
+    objs.append(("notice", json.loads(r.notice("x", 0.0))))
     released = FdReleased(lk, 0, 100, 101, "w", 7, "close", [Holder(200, 7)])
-    objs["fd_closed"] = json.loads(r.fd_released(released, 0.0))
+    objs.append(("fd_closed", json.loads(r.fd_released(released, 0.0))))
     rank = ProcessRank(100, "java", 4, 30.0, 10, 1024, None)
-    objs["process"] = json.loads(r.processes([rank], 0.0)[0])
-    return objs
+    objs.append(("process", json.loads(r.processes([rank], 0.0)[0])))
+    for _kind, o in list(objs):
+        if o["type"] == "summary":
+            objs += [("summary", target) for target in o["targets"]]
+    return objs + _pool_objects()
+
+
+def _pool_objects() -> list[tuple[str, dict]]:
+    """A group with its verdict, a threads object, and every nested object of it."""
+    from tests.test_render_pool import S, exhausted_summary, java_dump, opened_by_seed_1
+    from tracer.core.threaddump import OpenerState, ProcessThreads
+
+    now = 262 * S
+    failed = ProcessThreads(
+        100, "other", now, problem="x", openers=(OpenerState(1, "a", "S", "f"),)
+    )
+    s = exhausted_summary(now, [java_dump(now), failed])
+    objs = [json.loads(x) for x in JsonRenderer().report([opened_by_seed_1()], s)]
+    out = [(o["type"], o) for o in objs if o["type"] in ("group", "threads")]
+    assert {k for k, _ in out} == {"group", "threads"} and len(out) == 3
+    for _kind, t in [x for x in out if x[0] == "threads"]:
+        for w in t["waiting"]:
+            out.append(("threads", w))
+            out.extend(("threads", x) for x in w["threads"])
+        out.extend(("threads", x) for x in t["openers"])
+    return out
 
 
 def test_readme_documents_every_json_field_of_every_object_type() -> None:
     documented = _documented_by_type()
     objs = _every_object_type()
-    assert set(objs) == set(documented), "an object type the README does not describe"
-    for kind, obj in objs.items():
+    assert {k for k, _ in objs} == set(documented), "an object type the README does not describe"
+    for kind, obj in objs:
         missing = set(obj) - documented[kind]
         assert not missing, f"{kind} fields not in its README paragraph: {missing}"
 

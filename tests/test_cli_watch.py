@@ -171,7 +171,9 @@ def test_perf_buffer_fallback_delivers_events(bpf_ok, peers, live) -> None:
 
 @pytest.mark.parametrize("mode", ["leaky", "healthy"])
 def test_demo(bpf_ok, mode: str) -> None:
-    args = ["demo", "--json", "--duration", "9s"] + (["--healthy"] if mode == "healthy" else [])
+    # 17 s: the leaky client's pool of 8 is full after 4 s; the verdict needs 10 s more.
+    duration = "17s" if mode == "leaky" else "9s"
+    args = ["demo", "--json", "--duration", duration] + (["--healthy"] if mode == "healthy" else [])
     res = run_cli(*args, timeout=60)
     assert res.returncode == 0, res.stderr
     objs = [json.loads(line) for line in res.stdout.splitlines()]
@@ -181,7 +183,8 @@ def test_demo(bpf_ok, mode: str) -> None:
     ended = [o for o in objs if o["type"] == "ended"]
     if mode == "leaky":
         counts = [s["leaks"] for s in summaries]
-        assert counts[-1] >= 8 and counts[-1] > counts[0], counts
+        # The pool lends 8 connections; the finalizer closes one every 6 s.
+        assert 6 <= max(counts) <= 8 and counts[-1] >= 5 and counts[-1] > counts[0], counts
         assert all(lk["comm"] == "leaky-client" for lk in leaks)
         assert any(lk["recv_q"] == 2048 for lk in leaks)  # the unread body
         assert any(
@@ -190,14 +193,19 @@ def test_demo(bpf_ok, mode: str) -> None:
         # The demo's finalizer thread closes the oldest leak every 6 s.
         assert ended and ended[0]["by_comm"] == "finalizer" and ended[0]["via"] == "close"
         assert ended[0]["latency_s"] > 2 and sum(s["ended"] for s in summaries) == len(ended)
-        # The whole story: grouped by peer, rate and forecast, latency profile.
-        (group,) = [o for o in objs if o["type"] == "group"][-1:]
+        # The whole story: grouped by peer, growing while the pool fills,
+        # then exhausted; latency profile.
+        groups = [o for o in objs if o["type"] == "group"]
+        group = groups[-1]
         assert group["side"] == "remote" and group["leaks"] == counts[-1]
-        assert group["opened_by"] == "pool-1-thread-*" and group["leaks_per_min"] > 30
+        assert group["opened_by"] == "pool-1-thread-*"
+        assert "growing" in [g["verdict"] for g in groups]
+        assert group["verdict"] == "exhausted" and group["established"] == 0
+        # Leaks the finalizer closed never went back to the pool: still a pool of 8.
+        assert "a pool of 8 for this peer is probably exhausted" in group["verdict_text"]
         (target,) = summaries[-1]["targets"]
         assert target["fd_limit"] == 256 and target["open_fds"] > counts[-1]
-        assert 60 < target["leak_rate_per_min"] < 180 and target["rate_reliable"] is False
-        assert 0 < target["fd_exhaustion_eta_s"] < 600
+        assert target["verdict"] == "exhausted" and target["rate_reliable"] is False
         latency = [o for o in objs if o["type"] == "latency"]
         assert sum(o["closes"] for o in latency) == len(ended)
         assert all(b["lo_us"] >= 2_000_000 for o in latency for b in o["buckets"])

@@ -106,6 +106,7 @@ def test_json_leak_and_summary() -> None:
             "rate_window_s": None,
             "rate_reliable": None,
             "fd_exhaustion_eta_s": None,
+            "verdict": None,
         }
     ]
 

@@ -78,6 +78,18 @@ def probe_options(f):
     return f
 
 
+def threads_option(f):
+    """--threads, shared by watch and snapshot."""
+    return click.option(
+        "--threads",
+        is_flag=True,
+        help="For each process with leaks, show its threads (JVM: jcmd Thread.print, a "
+        "sub-millisecond safepoint; Python: py-spy dump, without stopping it; else each "
+        "opener thread's state): which wait for a pooled connection, called from where. "
+        "Taken at the first report with leaks and when the verdict changes.",
+    )(f)
+
+
 def target_options(verb: str):
     """--pid (repeatable) and --all, exactly one of which must be given."""
 

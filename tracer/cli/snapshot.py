@@ -10,11 +10,14 @@ from tracer.cli.options import (
     EXIT_CODES_EPILOG,
     require_targets,
     target_options,
+    threads_option,
 )
 from tracer.core.model import ProbeStats
 from tracer.core.summary import Summary
+from tracer.core.threaddump import ProcessThreads
 from tracer.engine import gcpause
 from tracer.engine.snapshot import Snapshot, rank_processes, take
+from tracer.engine.threads import ThreadDumps
 from tracer.kernel import preflight
 from tracer.report.output import Output
 from tracer.system.targets import Targets
@@ -35,8 +38,14 @@ from tracer.system.targets import Targets
     help="With --all, skip the per-process triage table and list leaks only.",
 )
 @click.option("--json", "json_lines", is_flag=True, help="JSON lines instead of tables.")
+@threads_option
 def snapshot(
-    pids: tuple[int, ...], all_processes: bool, min_age: float, leaks_only: bool, json_lines: bool
+    pids: tuple[int, ...],
+    all_processes: bool,
+    min_age: float,
+    leaks_only: bool,
+    json_lines: bool,
+    threads: bool,
 ) -> None:
     """List the sockets in CLOSE_WAIT that PID holds now, without BPF.
 
@@ -47,21 +56,30 @@ def snapshot(
     table ranks processes by leaked sockets, with open fds and fd limit.
     """
     require_targets(pids, all_processes)
-    run_snapshot(pids, all_processes, min_age, json_lines, triage=all_processes and not leaks_only)
+    triage = all_processes and not leaks_only
+    run_snapshot(pids, all_processes, min_age, json_lines, triage, threads)
 
 
 def run_snapshot(
-    pids: tuple[int, ...], all_processes: bool, min_age_s: float, json_lines: bool, triage: bool
+    pids: tuple[int, ...],
+    all_processes: bool,
+    min_age_s: float,
+    json_lines: bool,
+    triage: bool,
+    threads: bool = False,
 ) -> None:
     """The `snapshot` command: root check, one read, one report."""
     preflight.require(preflight.check_root, preflight.check_pyroute2)
     targets = Targets(pids, all_processes)
     gcpause.off_for_good()
     snap = take(targets, min_age_s)
-    _print(snap, targets, Output(json_lines, view="snapshot"), triage)
+    dumps = ThreadDumps().update(snap.leaks, {}, snap.now_ns) if threads else []
+    _print(snap, targets, Output(json_lines, view="snapshot"), triage, dumps)
 
 
-def _print(snap: Snapshot, targets: Targets, out: Output, triage: bool) -> None:
+def _print(
+    snap: Snapshot, targets: Targets, out: Output, triage: bool, dumps: list[ProcessThreads]
+) -> None:
     notes = list(snap.problems)
     if snap.unreadable_pids:
         notes.append(f"{len(snap.unreadable_pids)} processes' fds could not be read (permissions)")
@@ -86,5 +104,6 @@ def _print(snap: Snapshot, targets: Targets, out: Output, triage: bool) -> None:
             exited=dict(targets.exited),
             unheld=snap.unheld,
             namespaces=snap.namespaces,
+            threads=dumps,
         ),
     )

@@ -25,6 +25,7 @@ from tracer.cli.options import (
     probe_options,
     require_targets,
     target_options,
+    threads_option,
 )
 from tracer.kernel import preflight
 from tracer.kernel.config import DEFAULT_MAX_CONNS, DEFAULT_MAX_SOCKETS, ProbeConfig
@@ -49,6 +50,7 @@ class WatchRequest:
     buffer_pages: int | None = None
     perf_buffer: bool = False
     debug: bool = False  # print BCC's compiler output
+    threads: bool = False  # --threads: look at the leaking processes' threads
 
     def probe_config(self) -> ProbeConfig:
         """The one place a watch's ProbeConfig is assembled (watch, --ebpf, demo)."""
@@ -94,7 +96,7 @@ def watch_targets(probe, targets: Targets, req: WatchRequest, stop) -> object:
     from tracer.engine.loop import WatchOptions, run
     from tracer.engine.watcher import Watcher
 
-    watcher = Watcher(probe, targets, req.min_age_s)
+    watcher = Watcher(probe, targets, req.min_age_s, interval_s=req.interval_s, threads=req.threads)
     try:
         options = WatchOptions(req.interval_s, req.min_age_s, req.duration_s)
         run(watcher, options, Output(req.json_lines, rows=req.rows), stop)
@@ -140,6 +142,7 @@ def run_watch(req: WatchRequest) -> None:
     show_default=True,
     help="Leak rows per table report, oldest first (0: all). JSON lists every leak.",
 )
+@threads_option
 @probe_options
 @click.pass_context
 def watch(
@@ -156,6 +159,7 @@ def watch(
     buffer_pages: int | None,
     perf_buffer: bool,
     ebpf: bool,
+    threads: bool,
 ) -> None:
     """Report, live, the sockets of PID in CLOSE_WAIT that it never closed.
 
@@ -178,6 +182,7 @@ def watch(
         buffer_pages=buffer_pages,
         perf_buffer=perf_buffer,
         debug=bool(ctx.obj and ctx.obj.get("debug")),
+        threads=threads,
     )
     if ebpf:
         from tracer.kernel.build import program_text

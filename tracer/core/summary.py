@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.core.model import LatencyBucket, ProbeStats
+from tracer.core.threaddump import ProcessThreads
 from tracer.core.trends import Group, Rate
+from tracer.core.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class ProcessTrend:
     fd_limit: int | None
     rate: Rate | None
     eta_s: float | None  # None: not growing, or unknown
+    verdict: Verdict | None = None  # the most severe of its groups' (core/verdict.py)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Summary:
     processes: list[ProcessTrend] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     latency: list[LatencyBucket] = field(default_factory=list)  # final report only
+    # --threads: the latest look at each leaking process's threads; one
+    # taken for this report has taken_ns == now_ns.
+    threads: list[ProcessThreads] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tracer.core.model import NS_PER_S, Leak
+from tracer.core.model import NS_PER_S, Leak, leaks_per_pid
+from tracer.core.verdict import Verdict
 
 #: Counts older than this do not weigh on the rate: a leak that started an
 #: hour ago and stopped should not be forecast to continue.
@@ -135,6 +136,8 @@ class Group:
     newest_s: float
     per_min: float | None  # leaks that started during the watch, per minute
     opened_by: str
+    by_pid: dict[int, int] = field(default_factory=dict)  # leaks per holding process
+    verdict: Verdict | None = None  # set by the watch engine (tracer/engine/pools.py)
 
 
 class GroupStarts:
@@ -179,6 +182,7 @@ class GroupStarts:
                     newest_s=max(0, now_ns - max(fins)) / NS_PER_S,
                     per_min=self.started[key] / minutes if minutes > 0 else None,
                     opened_by=thread_pattern(openers) if openers else "-",
+                    by_pid=leaks_per_pid(lks),
                 )
             )
         return sorted(out, key=lambda g: (-g.leaks, g.side, g.endpoint))

@@ -3,7 +3,7 @@
 Run as separate processes by tracer.cli.demo (and by the tests):
 
     python -m tracer.demo.workload server            # prints its port, serves
-    python -m tracer.demo.workload client PORT leaky|healthy [--rate R]
+    python -m tracer.demo.workload client PORT leaky|healthy [--rate R] [--pool N]
 
 The server closes a keep-alive connection after 0.5 s idle, as servers
 do. The client takes a connection from its pool for every request. In the
@@ -14,7 +14,14 @@ socket sits in CLOSE_WAIT with the unread body in its receive queue. In the
 healthy mode it reads the body and returns the connection; the pool closes
 idle connections the server has closed. In the leaky mode a
 "finalizer" thread closes the oldest abandoned response every 6 s, as a
-garbage collector eventually would: those leaks end, very late.
+garbage collector eventually would: those leaks end, very late, but the
+pool never gets their connection back.
+
+The pool lends at most N connections at once (--pool, 8 by default, like
+most real pools: HttpClient's 20, urllib3's maxsize): once the leaky client
+has leaked them all, its workers block in Pool.get() waiting for one and it
+opens no connection any more, which closewait reports as an exhausted pool.
+--pool 0 makes it unbounded: a new connection per request, leaks without end.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import time
 IDLE_TIMEOUT_S = 0.5
 FINALIZER_EVERY_S = 6.0
 CLIENT_FD_LIMIT = 256
+DEFAULT_POOL = 8  # connections the client's pool lends at once (0: unbounded)
 BODY = b"x" * 2048
 PR_SET_NAME = 15
 
@@ -75,10 +83,12 @@ class Pool:
     idle-connection eviction does.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, size: int = 0) -> None:
         self.port = port
         self.idle: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
+        # Connections lent out at once (0: no bound); a leaked one is never given back.
+        self.slots = threading.BoundedSemaphore(size) if size else None
 
     def _evict_dropped(self) -> None:
         alive = []
@@ -90,6 +100,10 @@ class Pool:
         self.idle = alive
 
     def get(self) -> http.client.HTTPConnection:
+        """A connection: an idle one, else a new one; with a bound, waits
+        (forever) while every connection is lent out."""
+        if self.slots is not None:
+            self.slots.acquire()
         with self.lock:
             self._evict_dropped()
             if self.idle:
@@ -100,6 +114,12 @@ class Pool:
         with self.lock:
             self._evict_dropped()
             self.idle.append(conn)
+        self.release()
+
+    def release(self) -> None:
+        """Give a lent connection's slot back (closed or returned)."""
+        if self.slots is not None:
+            self.slots.release()
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -110,13 +130,15 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
     return bool(readable)
 
 
-def client(port: int, mode: str, rate: float, threads: int = 2) -> None:
+def client(
+    port: int, mode: str, rate: float, pool_size: int = DEFAULT_POOL, threads: int = 2
+) -> None:
     set_thread_name(f"{mode}-client")
     # A small fd limit, like many services run with, so that the forecast
     # ("fd limit in ~Nm") has something near to aim at.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(CLIENT_FD_LIMIT, hard), hard))
-    pool = Pool(port)
+    pool = Pool(port, pool_size)
     forgotten: list[http.client.HTTPResponse] = []  # responses nobody consumes
 
     def worker(n: int) -> None:
@@ -128,6 +150,7 @@ def client(port: int, mode: str, rate: float, threads: int = 2) -> None:
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException):
                 conn.close()  # the server closed it under us: a retry is normal
+                pool.release()
                 continue
             if mode == "leaky":
                 forgotten.append(resp)  # never read, never released
@@ -158,11 +181,13 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["server"]:
         serve()
     elif len(argv) >= 3 and argv[0] == "client" and argv[2] in ("leaky", "healthy"):
-        rate = float(argv[4]) if len(argv) >= 5 and argv[3] == "--rate" else 2.0
-        client(int(argv[1]), argv[2], rate)
+        opts = dict(zip(argv[3::2], argv[4::2]))
+        rate, pool = float(opts.get("--rate", 2.0)), int(opts.get("--pool", DEFAULT_POOL))
+        client(int(argv[1]), argv[2], rate, pool)
     else:
         sys.exit(
-            "usage: python -m tracer.demo.workload server | client PORT leaky|healthy [--rate R]"
+            "usage: python -m tracer.demo.workload server | "
+            "client PORT leaky|healthy [--rate R] [--pool N]"
         )
 
 

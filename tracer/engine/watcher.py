@@ -23,6 +23,9 @@ from tracer.core.model import NS_PER_S, FdDrop, Holder, Leak, LeftCloseWait, lea
 from tracer.core.summary import ProcessTrend, Summary
 from tracer.core.tracker import LeakTracker
 from tracer.core.trends import CountHistory, GroupStarts, fd_exhaustion_eta_s
+from tracer.core.verdict import Verdict
+from tracer.engine.pools import PoolWatch
+from tracer.engine.threads import ThreadDumps
 from tracer.engine.watchlist import WatchList
 from tracer.kernel.probe import KernelProbe
 from tracer.system import procfs
@@ -51,6 +54,8 @@ class Watcher:
         targets: Targets,
         min_age_s: float,
         clock: Callable[[], int] = time.monotonic_ns,
+        interval_s: float = 2.0,
+        threads: bool = False,
     ) -> None:
         self.probe = probe
         self.targets = targets
@@ -82,6 +87,8 @@ class Watcher:
         self.history: dict[int, CountHistory] = {}  # pid -> leak counts over time
         self._fd_counts: dict[int, tuple[int, int | None]] = {}  # pid -> (when, open fds)
         self.starts = GroupStarts(self.started_ns, procfs.ephemeral_port_range())
+        self.pools = PoolWatch(probe, self.pool, self.fds, interval_s)  # verdicts per group
+        self.dumps = ThreadDumps() if threads else None  # --threads
         if not targets.all_processes:
             self._set_kernel_targets()
         if not probe.netns_known:
@@ -295,6 +302,7 @@ class Watcher:
         self._since_report.new += changes.new
         self._since_report.ended += changes.ended
         self.starts.add(changes.new)
+        self.pools.ended(changes.ended)
         now = self.clock()
         if self.tracker.leaks:
             self._last_leak_ns = now
@@ -303,7 +311,7 @@ class Watcher:
             self.probe.set_close_probes(False)
         self.watchlist.apply(changes, now)
 
-    def process_trends(self) -> list[ProcessTrend]:
+    def process_trends(self, verdicts: dict[int, Verdict] | None = None) -> list[ProcessTrend]:
         """Per watched process: open fds, fd limit, leak rate, time to the limit."""
         out = []
         leaks_of = leaks_per_pid(self.tracker.leaks.values())
@@ -319,6 +327,7 @@ class Watcher:
                     fd_limit=fd_limit,
                     rate=rate,
                     eta_s=fd_exhaustion_eta_s(open_fds, fd_limit, rate),
+                    verdict=(verdicts or {}).get(pid),
                 )
             )
         return out
@@ -340,6 +349,8 @@ class Watcher:
         """Totals for a report; counts what changed since the previous one."""
         now = self.clock()
         since, self._since_report = self._since_report, Changes()
+        groups = self.pools.judge(self.starts.groups(self.leaks(), now), self.leaks(), now)
+        dumps = self.dumps.update(self.leaks(), self.pools.by_pid, now) if self.dumps else []
         return Summary(
             wall=wall,
             now_ns=now,
@@ -352,9 +363,10 @@ class Watcher:
             final=final,
             exited=dict(self.targets.exited),
             unheld=self.unheld if self.targets.all_processes else None,
-            processes=self.process_trends(),
-            groups=self.starts.groups(self.leaks(), now),
+            processes=self.process_trends(self.pools.by_pid),
+            groups=groups,
             latency=self.probe.read_latency() if final else [],
+            threads=dumps,
         )
 
     def leaks(self) -> list[Leak]:

@@ -29,6 +29,7 @@ class ProbeConfig:
     max_threads: int = 32768  # pending fd drops (LRU)
     max_targets: int = 1024
     max_latency_buckets: int = 16384  # (process, port, log2 slot) triples
+    max_peers: int = 4096  # (process, peer) pairs whose connects are counted (pool diagnosis)
     buffer_pages: int | None = None  # event buffer in pages (power of two); None: sized below
     filter_pids: bool = False  # record fd drops of targets only
     ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
@@ -70,6 +71,7 @@ class ProbeConfig:
             f"-DCW_RINGBUF_PAGES={self.pages}",
             f"-DCW_MAX_LAT={self.max_latency_buckets}",
             f"-DCW_MAX_FDS={self.max_fds}",
+            f"-DCW_MAX_PEERS={self.max_peers}",
         ]
         offsets = self.netns_offsets
         if offsets is not None:

@@ -8,10 +8,12 @@ layouts themselves come from BCC, derived from closewait.bpf.c.
 from __future__ import annotations
 
 import ctypes
+import socket
 import struct
 from typing import Any
 
 from tracer.core.model import Creator, FdDrop, KernelSock, LeftCloseWait, SockTuple
+from tracer.core.verdict import PeerKey
 from tracer.kernel.abi import const
 from tracer.system import procfs
 
@@ -168,3 +170,18 @@ def ns_tuple_key(key_type: Any, netns: int, t: SockTuple) -> Any:
         k.t.saddr[i] = src[i]
         k.t.daddr[i] = dst[i]
     return k
+
+
+def peer_key(key_type: Any, key: PeerKey) -> Any:
+    """struct cw_peer_key of a (process, peer) pair."""
+    k = key_type()
+    k.tgid, k.family, k.dport = key.pid, key.family, key.port
+    addr = socket.inet_pton(key.family, key.ip).ljust(16, b"\0")
+    for i in range(16):
+        k.daddr[i] = addr[i]
+    return k
+
+
+def decode_peer_key(k: Any) -> PeerKey:
+    size = 4 if k.family == socket.AF_INET else 16
+    return PeerKey(k.tgid, k.family, socket.inet_ntop(k.family, bytes(k.daddr)[:size]), k.dport)

@@ -19,6 +19,7 @@ from tracer.core.model import (
     ProbeStats,
     SockTuple,
 )
+from tracer.core.verdict import PeerKey
 from tracer.kernel import maps as bpf_maps
 from tracer.kernel import preflight
 from tracer.kernel.abi import const
@@ -28,9 +29,11 @@ from tracer.kernel.decode import (
     SIDE_NAMES,
     STAT_NAMES,
     EventDecoder,
+    decode_peer_key,
     decode_sock,
     fd_key,
     ns_tuple_key,
+    peer_key,
 )
 from tracer.kernel.tracepoints import TRACEPOINTS, usable
 
@@ -68,6 +71,10 @@ class KernelProbe:
         self._watched_fds = b[b"watched_fds"]
         self._watched_pids = b[b"watched_pids"]
         self._latency = b[b"close_latency"]
+        self._peer_connects = b[b"peer_connects"]
+        self._peer_armed = b[b"peer_armed"]
+        self._peers: set[PeerKey] = set()  # mirrors the keys of peer_connects
+        self._peers_armed = False  # mirrors peer_armed[0]
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._decoder = EventDecoder(b[b"event_layout"].Leaf)
         # TRACEPOINT_PROBEs are attached at load; the close probes only
@@ -197,6 +204,34 @@ class KernelProbe:
         else:
             self._fd_marks.pop(pid, None)
             bpf_maps.delete(p, p.Key(pid))
+
+    # -- pool diagnosis (tracer/engine/pools.py) ----------------------------
+
+    def count_connects(self, peers: set[PeerKey]) -> set[PeerKey]:
+        """Count the connect()s of exactly these (process, peer) pairs from now
+        on (a pair counted already keeps its count); return the pairs counted
+        (fewer when the map is full)."""
+        t = self._peer_connects
+        for key in self._peers - peers:
+            bpf_maps.delete(t, peer_key(t.Key, key))
+        self._peers &= peers
+        for key in peers - self._peers:
+            if bpf_maps.update(t, peer_key(t.Key, key), t.Leaf()):
+                self._peers.add(key)
+        if bool(self._peers) != self._peers_armed:
+            self._peers_armed = bool(self._peers)
+            a = self._peer_armed
+            bpf_maps.update(a, a.Key(0), a.Leaf(int(self._peers_armed)))
+        return set(self._peers)
+
+    def read_connects(self) -> dict[PeerKey, tuple[int, int]]:
+        """(process, peer) -> (connects since counted, CLOCK_MONOTONIC ns of the last; 0: none)."""
+        if not self._peers:
+            return {}
+        return {
+            decode_peer_key(k): (int(v.connects), int(v.last_ns))
+            for k, v in self._peer_connects.items()
+        }
 
     def read_latency(self) -> list[LatencyBucket]:
         """The FIN-to-close histogram, every (process, port, slot) with its count."""

@@ -24,9 +24,10 @@ from tracer.core.model import (
     leaks_per_pid,
 )
 from tracer.core.summary import ProcessRank, ProcessTrend, Summary
+from tracer.core.threaddump import ProcessThreads, ThreadStack
 from tracer.core.trends import Group, log2_bucket_bounds
 from tracer.report.escape import printable
-from tracer.report.text import comms_of, conn_age, describe_end
+from tracer.report.text import comms_of, conn_age, describe_end, opened_fds, verdict_text
 
 
 class JsonRenderer:
@@ -41,6 +42,10 @@ class JsonRenderer:
             yield leak_line(lk, s.now_ns, ts, shared)
         for g in s.groups:
             yield _dumps(group_json(g, s))
+        comms = comms_of(s)
+        for t in s.threads:
+            if t.taken_ns == s.now_ns:  # a new look, taken for this report
+                yield _dumps(threads_json(t, comms.get(t.pid, "?"), leaks, s.wall))
         if s.final:
             for obj in latency_json(s.latency, comms_of(s), s.wall):
                 yield _dumps(obj)
@@ -150,6 +155,7 @@ def trend_json(p: ProcessTrend | None) -> dict:
         "rate_window_s": None if r is None else round(r.window_s, 1),
         "rate_reliable": None if r is None else r.reliable,
         "fd_exhaustion_eta_s": None if p is None or p.eta_s is None else round(p.eta_s, 1),
+        "verdict": None if p is None or p.verdict is None else p.verdict.kind,
     }
 
 
@@ -164,6 +170,68 @@ def group_json(g: Group, s: Summary) -> dict:
         "newest_s": round(g.newest_s, 3),
         "leaks_per_min": None if g.per_min is None else round(g.per_min, 3),
         "opened_by": printable(g.opened_by),
+        **verdict_json(g),
+    }
+
+
+def verdict_json(g: Group) -> dict:
+    v = g.verdict
+    if v is None:
+        return dict.fromkeys(("verdict", "verdict_text", "verdict_pid", "quiet_s", "established"))
+    return {
+        "verdict": v.kind,
+        "verdict_text": verdict_text(v, g),
+        "verdict_pid": v.pid,
+        "quiet_s": None if v.quiet_s is None else round(v.quiet_s, 3),
+        "established": v.established,
+    }
+
+
+def threads_json(t: ProcessThreads, comm: str, leaks: Sequence[Leak], wall: float) -> dict:
+    """One look at a process's threads (--threads)."""
+    opened = opened_fds(leaks, t.pid)
+
+    def thread(th: ThreadStack) -> dict:
+        return {
+            "name": None if th.name is None else printable(th.name),
+            "tid": th.tid,
+            "state": None if th.state is None else printable(th.state),
+            "opened_fds": opened.get(th.tid, []) if th.tid is not None else [],
+            "frames": [printable(f.display()) for f in th.frames],
+        }
+
+    return {
+        "type": "threads",
+        "ts": round(wall, 3),
+        "pid": t.pid,
+        "comm": printable(comm),
+        "runtime": t.runtime,
+        "tool": t.tool,
+        "tool_s": None if t.seconds is None else round(t.seconds, 3),
+        "pause_ms": None if t.pause_ms is None else round(t.pause_ms, 3),
+        "pause_how": t.pause_how,
+        "problem": None if t.problem is None else printable(t.problem),
+        "threads": t.threads,
+        "waiting": [
+            {
+                "pool": g.signature.library,
+                "pool_frame": printable(g.pool_frame.display()),
+                "app_frame": None if g.app_frame is None else printable(g.app_frame.display()),
+                "text": printable(g.sentence()),
+                "threads": [thread(th) for th in g.threads],
+            }
+            for g in t.groups
+        ],
+        "openers": [
+            {
+                "tid": o.tid,
+                "name": None if o.name is None else printable(o.name),
+                "state": o.state,
+                "wchan": None if o.wchan is None else printable(o.wchan),
+                "opened_fds": opened.get(o.tid, []),
+            }
+            for o in t.openers
+        ],
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tracer.core.model import FdReleased, LatencyBucket, Leak, LeakEnded, ProbeStats, leaks_per_pid
 from tracer.core.summary import ProcessRank, ProcessTrend, Summary
 from tracer.core.trends import Group, log2_bucket_bounds
+from tracer.core.verdict import GROWING
 from tracer.report.durations import format_age
 from tracer.report.escape import printable
 from tracer.report.text import (
@@ -22,9 +23,13 @@ from tracer.report.text import (
     container,
     describe_end,
     drop_text,
+    dump_header,
+    dump_lines,
     fd_text,
     opened_by,
     opt,
+    process_verdict_text,
+    verdict_text,
 )
 
 
@@ -62,6 +67,9 @@ WATCH_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, OPENED_BY, CONN_AGE)
 SNAPSHOT_COLUMNS = (PID, COMM, FD, LOCAL, REMOTE, AGE, RECV_Q, UID, CONTAINER)
 VIEWS = {"watch": WATCH_COLUMNS, "snapshot": SNAPSHOT_COLUMNS}
 
+FOOTNOTE_WAITING = (
+    "! the thread that opened it is now blocked waiting for a pooled connection (--threads)"
+)
 FOOTNOTE_OPENER = (
     "* the process that opened the connection no longer holds it "
     "(inherited across fork, or passed to another process)"
@@ -99,7 +107,8 @@ class TableRenderer:
         if leaks:
             shown = leaks if self.rows is None else leaks[: self.rows]
             lines.append(self._row(c.header for c in self.columns))
-            lines.extend(self._row(c.value(lk, s.now_ns) for c in self.columns) for lk in shown)
+            waiting = {(t.pid, tid) for t in s.threads for tid in t.waiting_tids()}
+            lines.extend(self._row(self._cells(lk, s.now_ns, waiting)) for lk in shown)
             if len(shown) < len(leaks):
                 lines.append(
                     f"  ... {len(leaks) - len(shown)} more (oldest shown first; "
@@ -107,15 +116,28 @@ class TableRenderer:
                 )
             if OPENED_BY in self.columns and any(lk.opener_holds is False for lk in leaks):
                 lines.append(FOOTNOTE_OPENER)
+            if OPENED_BY in self.columns and any(_opener_waits(lk, waiting) for lk in shown):
+                lines.append(FOOTNOTE_WAITING)
         if s.groups:
             lines.append("  by peer:")
-            lines.extend(f"    {group_text(g)}" for g in s.groups[:GROUPS_SHOWN])
+            lines.extend(f"    {text}" for g in s.groups[:GROUPS_SHOWN] for text in group_text(g))
             if len(s.groups) > GROUPS_SHOWN:
                 lines.append(f"    ... {len(s.groups) - GROUPS_SHOWN} more groups (--json has all)")
+        comms = comms_of(s)
+        for t in s.threads:
+            lines.append(f"  {dump_header(t, comms.get(t.pid, '?'), s.now_ns)}")
+            lines.extend(f"    {line}" for line in dump_lines(t, leaks))
         if s.final:
-            lines.extend(latency_lines(s.latency, comms_of(s), leaks))
+            lines.extend(latency_lines(s.latency, comms, leaks))
         lines.append("")
         return lines
+
+    def _cells(self, lk: Leak, now_ns: int, waiting: set[tuple[int, int]]) -> list[str]:
+        cells = [c.value(lk, now_ns) for c in self.columns]
+        if waiting and OPENED_BY in self.columns and _opener_waits(lk, waiting):
+            i = self.columns.index(OPENED_BY)
+            cells[i] = cells[i][: OPENED_BY.width - 1] + "!"
+        return cells
 
     def _row(self, cells: Sequence[str] | object) -> str:
         return " ".join(c.cell(v) for c, v in zip(self.columns, cells)).rstrip()
@@ -190,6 +212,12 @@ class TableRenderer:
         )
 
 
+def _opener_waits(lk: Leak, waiting: set[tuple[int, int]]) -> bool:
+    """The thread that opened this leak is now blocked waiting for a pooled connection."""
+    c = lk.creator
+    return c is not None and (c.tgid, c.tid) in waiting
+
+
 GROUPS_SHOWN = 10
 BAR_WIDTH = 40
 SIDE_WORDS = {"remote": "peer", "local": "local service", "unknown": "opened before attach"}
@@ -205,19 +233,27 @@ def trend_text(p: ProcessTrend) -> str:
     text += f", {r.per_min:+.1f} leaks/min over {format_age(r.window_s)}"
     if not r.reliable:
         text += " (too short a window to trust)"
-    if p.eta_s is not None:
-        return text + f", fd limit in ~{format_age(p.eta_s)}"
-    return text + (", not growing" if not r.growing else "")
+    v = p.verdict
+    # An exhausted pool, or a flat count, will not reach the fd limit: its
+    # verdict says what it is instead (a flat count is no reassurance).
+    if p.eta_s is not None and (v is None or v.kind == GROWING):
+        text += f", fd limit in ~{format_age(p.eta_s)}"
+    elif v is not None:
+        text += ", " + process_verdict_text(v)
+    return text
 
 
-def group_text(g: Group) -> str:
+def group_text(g: Group) -> list[str]:
+    """The group's line, then its verdict's sentence (if judged)."""
     where = f"{g.endpoint} ({'peer' if g.side == 'remote' else 'local service'})"
     rate = "" if g.per_min is None else f", {g.per_min:.1f}/min since attach"
     opened = "" if g.opened_by == "-" else f", opened by {printable(g.opened_by)}"
-    return (
+    verdict = "" if g.verdict is None else f" [{g.verdict.kind.upper()}]"
+    line = (
         f"{where}: {g.leaks} leak{'' if g.leaks == 1 else 's'}, oldest {format_age(g.oldest_s)}, "
-        f"newest {format_age(g.newest_s)}{rate}{opened}"
+        f"newest {format_age(g.newest_s)}{rate}{opened}{verdict}"
     )
+    return [line] if g.verdict is None else [line, f"  {verdict_text(g.verdict, g)}"]
 
 
 def latency_lines(

@@ -5,10 +5,14 @@ process goes through escape.printable() here or in the renderers."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from tracer.core.containers import container_of
 from tracer.core.model import NS_PER_S, Leak, LeakEnded
 from tracer.core.summary import Summary
+from tracer.core.threaddump import ProcessThreads
+from tracer.core.trends import Group
+from tracer.core.verdict import DRAINING, EXHAUSTED, GROWING, STEADY, Verdict
 from tracer.report.durations import format_age
 from tracer.report.escape import printable
 
@@ -100,3 +104,111 @@ def describe_end(e: LeakEnded) -> str:
         where = held or "a process or kernel user closewait cannot see"
         return f"no watched process holds it any more; still in CLOSE_WAIT, held by {where}"
     return e.reason
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def verdict_text(v: Verdict, g: Group) -> str:
+    """The sentence behind a group's verdict (core/verdict.py says when each holds)."""
+    window = format_age(v.window_s)
+    who = f" of pid {v.pid}" if len(g.by_pid) > 1 else ""
+    if v.kind == EXHAUSTED:
+        late = v.pool - v.leaks
+        closed = ""
+        if late:
+            closed = f" ({late} more {'was' if late == 1 else 'were'} closed late, not given back)"
+        return (
+            f"all {_plural(v.leaks, 'connection')}{who} to {g.endpoint} are leaked and none "
+            f"was opened for {format_age(v.quiet_s or 0)}: a pool of {v.pool} for this peer "
+            f"is probably exhausted{closed}; threads waiting for a connection are blocked"
+        )
+    if v.kind == GROWING:
+        return (
+            f"growing: {v.change:+d} leaks in the last {window}, and new ones keep coming: "
+            "an unbounded pool, or a new connection per request"
+        )
+    if v.kind == DRAINING:
+        return f"draining: {-v.change} fewer leaks than {window} ago: they are being closed, late"
+    text = f"steady: no new leak in the last {window}, and the leaked ones stay open"
+    if v.quiet_s is not None and v.quiet_s < v.window_s:
+        return text + "; it still connects to this peer"
+    if v.established:
+        return text + f"; {_plural(v.established, 'ESTABLISHED connection')} to it left"
+    return text
+
+
+def process_verdict_text(v: Verdict) -> str:
+    """The per-process line's words for its most severe verdict."""
+    return {
+        EXHAUSTED: f"pool to {v.endpoint} exhausted",
+        GROWING: "growing",
+        STEADY: "steady: its leaks stay open",
+        DRAINING: "draining: leaks are being closed, late",
+    }[v.kind]
+
+
+NAMES_SHOWN = 6  # thread names per table line (JSON has them all)
+STATE_WORDS = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "in uninterruptible sleep",
+    "T": "stopped",
+    "t": "stopped by a tracer",
+    "Z": "a zombie",
+    "I": "idle",
+}
+
+
+def opened_fds(leaks: Sequence[Leak], pid: int) -> dict[int, list[int]]:
+    """tid -> the fds of pid's leaks that thread opened (the join with a dump's threads)."""
+    out: dict[int, list[int]] = {}
+    for lk in leaks:
+        c = lk.creator
+        if lk.pid == pid and c is not None and c.tgid == pid and c.tid:
+            out.setdefault(c.tid, []).extend(lk.fds)
+    return {tid: sorted(fds) for tid, fds in out.items()}
+
+
+def dump_header(t: ProcessThreads, comm: str, now_ns: int) -> str:
+    """`threads of pid 5528 (java), jcmd Thread.print in 0.25s, JVM paused 0.40 ms: 25 threads`"""
+    text = f"threads of pid {t.pid} ({printable(comm)})"
+    if now_ns != t.taken_ns:
+        text += f", looked {format_age((now_ns - t.taken_ns) / NS_PER_S)} ago"
+    if t.tool:
+        text += f", {t.tool}" + ("" if t.seconds is None else f" in {t.seconds:.2f}s")
+    if t.problem is not None:
+        return f"{text}: {printable(t.problem)}"
+    if t.pause_ms is not None:
+        text += ", not paused" if t.pause_ms == 0 else f", paused {t.pause_ms:.2f} ms"
+    return f"{text}: {t.threads} threads"
+
+
+def dump_lines(t: ProcessThreads, leaks: Sequence[Leak]) -> list[str]:
+    """What the threads are doing: pool waits and the leaks their threads opened,
+    or (no dump) the state of each opener thread."""
+    opened = opened_fds(leaks, t.pid)
+    lines = [printable(g.sentence(max_names=NAMES_SHOWN)) for g in t.groups]
+    if t.problem is None and not t.groups:
+        lines.append("no thread waits for a pooled connection")
+    blocked = [(tid, opened[tid]) for tid in sorted(t.waiting_tids()) if tid in opened]
+    if blocked:
+        names = {th.tid: th.label() for g in t.groups for th in g.threads}
+        who = ", ".join(
+            f"{printable(names[tid])}/{tid} (fd {','.join(map(str, fds))})"
+            for tid, fds in blocked[:NAMES_SHOWN]
+        )
+        if len(blocked) > NAMES_SHOWN:
+            who += f" and {len(blocked) - NAMES_SHOWN} more"
+        n = len(blocked)
+        lines.append(
+            f"{'the thread' if n == 1 else f'{n} threads'} that opened the leaked connections "
+            f"{'is' if n == 1 else 'are'} among them, blocked waiting for another one: {who}"
+        )
+    for o in t.openers:
+        state = STATE_WORDS.get(o.state or "", o.state or "?")
+        wchan = f" in {printable(o.wchan)}" if o.wchan else ""
+        fds = ",".join(map(str, opened.get(o.tid, [])))
+        lines.append(f"opener {printable(o.name or '?')}/{o.tid} (fd {fds}): {state}{wchan}")
+    return lines

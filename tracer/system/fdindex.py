@@ -104,6 +104,11 @@ class FdIndex:
         """inode -> holders, for every socket an indexed process holds (read-only)."""
         return self._by_inode
 
+    def socket_inodes(self, pid: int) -> set[int] | None:
+        """The socket inodes pid held at the last scan (None: not indexed)."""
+        fds = self._fds.get(pid)
+        return None if fds is None else set(fds.values())
+
     def holders(self, inodes: Iterable[int]) -> dict[int, list[Holder]]:
         """inode -> holders, for the inodes some indexed process holds."""
         by_inode = self._by_inode

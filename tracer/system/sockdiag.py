@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
@@ -34,6 +35,7 @@ NLMSG_DONE = 3
 INET_DIAG_INFO = 2
 CLONE_NEWNET = 0x40000000
 TCP_CLOSE_WAIT = const("CW_TCP_CLOSE_WAIT")  # closewait.h holds the TCP states once
+TCP_ESTABLISHED = const("CW_TCP_ESTABLISHED")
 
 _NLMSGHDR = struct.Struct("=IHHII")
 # struct inet_diag_msg: family, state, timer, retrans, sport(be), dport(be),
@@ -76,6 +78,25 @@ def _address(family: int, raw: bytes) -> str:
             _addresses.clear()
         text = _addresses[key] = socket.inet_ntop(family, key)
     return text
+
+
+def _tuple(family: int, sport: bytes, dport: bytes, src: bytes, dst: bytes) -> SockTuple:
+    """A socket's tuple from inet_diag_msg's fields (ports in network order)."""
+    return SockTuple(
+        family,
+        _address(family, src),
+        int.from_bytes(sport, "big"),
+        _address(family, dst),
+        int.from_bytes(dport, "big"),
+    )
+
+
+def _check_end(view: memoryview, payload: int, mtype: int) -> None:
+    """The end of a dump: NLMSG_DONE, or NLMSG_ERROR with 0; raise on an error."""
+    if mtype == NLMSG_ERROR:
+        (code,) = struct.unpack_from("=i", view, payload)
+        if code != 0:
+            raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
 
 
 class NetnsUnavailable(Exception):
@@ -202,13 +223,40 @@ class DiagClient:
                             d = d._replace(recv_q=rqueue - 1 if rqueue else 0)
                         seen[cookie] = d
                         out.append(d)
-                    elif mtype == NLMSG_DONE:
-                        return
-                    elif mtype == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", view, off + hsize)
-                        if code == 0:
-                            return
-                        raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+                    elif mtype in (NLMSG_DONE, NLMSG_ERROR):
+                        return _check_end(view, off + hsize, mtype)
+                off += (length + 3) & ~3
+
+    def connections(self, states: int) -> list[tuple[SockTuple, int]]:
+        """(tuple, inode) of every TCP socket in `states` (a mask of 1 << state).
+
+        Not the CLOSE_WAIT path: no tcp_info, no cache, every reply parsed;
+        for the few namespaces the pool diagnosis asks about."""
+        out: list[tuple[SockTuple, int]] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            self._seq += 1
+            self._sock.send(_request(family, states, self._seq, with_info=False))
+            for view, start in self._replies(self._seq):
+                d = _DIAG_MSG.unpack_from(view, start)
+                out.append((_tuple(d[0], d[4], d[5], d[6], d[7]), d[14]))
+        return out
+
+    def _replies(self, seq: int) -> Iterator[tuple[memoryview, int]]:
+        """(buffer, offset of the inet_diag_msg) of each reply to request `seq`."""
+        view = memoryview(self._buf)
+        hsize = _NLMSGHDR.size
+        while True:
+            n = self._sock.recv_into(self._buf)
+            off = 0
+            while off + hsize <= n:
+                length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(view, off)
+                if length < hsize:
+                    return
+                if mseq == seq:
+                    if mtype == SOCK_DIAG_BY_FAMILY:
+                        yield view, off + hsize
+                    elif mtype in (NLMSG_DONE, NLMSG_ERROR):
+                        return _check_end(view, off + hsize, mtype)
                 off += (length + 3) & ~3
 
     def _parse(self, view: memoryview, start: int, end: int) -> DiagSock:
@@ -240,13 +288,7 @@ class DiagClient:
                     "=I", view, off + _NLATTR.size + _LAST_ACK_RECV_OFF
                 )
             off += (alen + 3) & ~3
-        t = SockTuple(
-            family,
-            _address(family, src),
-            int.from_bytes(sport, "big"),
-            _address(family, dst),
-            int.from_bytes(dport, "big"),
-        )
+        t = _tuple(family, sport, dport, src, dst)
         # rqueue is rcv_nxt - copied_seq; the FIN occupies one sequence
         # number, so a socket that received only the FIN shows 1.
         est_fin = self._now_ns if last_ack is None else self._now_ns - last_ack * 1_000_000
@@ -261,6 +303,13 @@ class DiagPool:
 
     def close_wait(self, netns: int, pid: int) -> list[DiagSock]:
         """CLOSE_WAIT sockets of the namespace `netns`, entered through /proc/pid if new."""
+        return self._client(netns, pid).close_wait()
+
+    def connections(self, netns: int, pid: int, states: int) -> list[tuple[SockTuple, int]]:
+        """(tuple, inode) of the namespace's TCP sockets in `states` (DiagClient.connections)."""
+        return self._client(netns, pid).connections(states)
+
+    def _client(self, netns: int, pid: int) -> DiagClient:
         client = self._clients.get(netns)
         if client is None:
             own = os.stat("/proc/self/ns/net").st_ino
@@ -269,7 +318,7 @@ class DiagPool:
                 raise NetnsUnavailable(f"pid {pid} left namespace {netns}")
             client = DiagClient(netns, path)
             self._clients[netns] = client
-        return client.close_wait()
+        return client
 
     def retain(self, namespaces: set[int]) -> None:
         """Close the sockets of namespaces no target uses any more (lets them be freed)."""
