@@ -76,7 +76,7 @@ def _every_object_type() -> list[tuple[str, dict]]:
 def _pool_objects() -> list[tuple[str, dict]]:
     """A group with its verdict, a threads object, and every nested object of it."""
     from tests.test_render_pool import S, exhausted_summary, java_dump, opened_by_seed_1
-    from tracer.core.threaddump import OpenerState, ProcessThreads
+    from tracer.core.poolwaits import OpenerState, ProcessThreads
 
     now = 262 * S
     failed = ProcessThreads(

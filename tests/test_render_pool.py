@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tests.test_render import S, leak, summary
 from tracer.core.model import Creator, Holder, Leak, ProcInfo, SockTuple
+from tracer.core.poolwaits import OpenerState, ProcessThreads, diagnose
 from tracer.core.summary import ProcessTrend
-from tracer.core.threaddump import OpenerState, ProcessThreads, diagnose, parse_jcmd_threads
+from tracer.core.threaddump import parse_jcmd_threads
 from tracer.core.trends import Group, Rate
 from tracer.core.verdict import EXHAUSTED, Verdict
 from tracer.report.jsonl import JsonRenderer

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tracer.core.poolwaits import diagnose, find_pool_waits
 from tracer.core.threaddump import (
     Frame,
-    diagnose,
-    find_pool_waits,
     parse_jcmd_threads,
     parse_pyspy,
     parse_pyspy_json,

@@ -13,8 +13,8 @@ from tracer.cli.options import (
     threads_option,
 )
 from tracer.core.model import ProbeStats
+from tracer.core.poolwaits import ProcessThreads
 from tracer.core.summary import Summary
-from tracer.core.threaddump import ProcessThreads
 from tracer.engine import gcpause
 from tracer.engine.snapshot import Snapshot, rank_processes, take
 from tracer.engine.threads import ThreadDumps

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.core.model import LatencyBucket, ProbeStats
-from tracer.core.threaddump import ProcessThreads
+from tracer.core.poolwaits import ProcessThreads
 from tracer.core.trends import Group, Rate
 from tracer.core.verdict import Verdict
 

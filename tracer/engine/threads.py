@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from tracer.core.model import NS_PER_S, Leak
-from tracer.core.threaddump import ProcessThreads
+from tracer.core.poolwaits import ProcessThreads
 from tracer.core.verdict import Verdict
 from tracer.system import threads
 

@@ -23,8 +23,9 @@ from tracer.core.model import (
     LeakEnded,
     leaks_per_pid,
 )
+from tracer.core.poolwaits import ProcessThreads
 from tracer.core.summary import ProcessRank, ProcessTrend, Summary
-from tracer.core.threaddump import ProcessThreads, ThreadStack
+from tracer.core.threaddump import ThreadStack
 from tracer.core.trends import Group, log2_bucket_bounds
 from tracer.report.escape import printable
 from tracer.report.text import comms_of, conn_age, describe_end, opened_fds, verdict_text

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from tracer.core.containers import container_of
 from tracer.core.model import NS_PER_S, Leak, LeakEnded
+from tracer.core.poolwaits import ProcessThreads
 from tracer.core.summary import Summary
-from tracer.core.threaddump import ProcessThreads
 from tracer.core.trends import Group
 from tracer.core.verdict import DRAINING, EXHAUSTED, GROWING, STEADY, Verdict
 from tracer.report.durations import format_age

@@ -33,13 +33,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from tracer.core.threaddump import (
-    OpenerState,
-    ProcessThreads,
-    diagnose,
-    parse_jcmd_threads,
-    parse_pyspy_json,
-)
+from tracer.core.poolwaits import OpenerState, ProcessThreads, diagnose
+from tracer.core.threaddump import parse_jcmd_threads, parse_pyspy_json
 from tracer.system import hsperf, procfs
 
 TOOL_TIMEOUT_S = 5.0
