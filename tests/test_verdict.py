@@ -102,12 +102,12 @@ def group(v, leaks: int = 20, by_pid=None) -> Group:
     ("kind", "change", "peak", "words"),
     [
         (EXHAUSTED, 0, 20, "all 20 connections to 127.0.0.1:8080 are leaked and none was opened "
-         "for 45.0s: a pool of 20 for this peer is probably exhausted; threads waiting for a "
-         "connection are blocked"),
+         "for 45.0s: a pool of 20 for this peer is probably exhausted: a thread that needs a "
+         "connection to it blocks (unless the process stopped asking for one"),
         (EXHAUSTED, -2, 22, "a pool of 22 for this peer is probably exhausted (2 more were "
          "closed late, not given back)"),
         (GROWING, 4, 20, "growing: +4 leaks in the last 10.0s"),
-        (DRAINING, -3, 20, "draining: 3 fewer leaks than 10.0s ago"),
+        (DRAINING, -3, 20, "draining: 3 fewer leaks in the last 10.0s"),
         (STEADY, 0, 20, "steady: no new leak in the last 10.0s, and the leaked ones stay open"),
     ],
 )  # fmt: skip
@@ -120,3 +120,15 @@ def test_each_verdict_is_said_in_words(kind: str, change: int, peak: int, words:
 
 def test_peer_key_is_what_the_kernel_counts() -> None:
     assert PeerKey(1, socket.AF_INET, "127.0.0.1", 80) == (1, 2, "127.0.0.1", 80)
+
+
+def test_just_after_attach_no_verdict_claims_more_than_was_watched() -> None:
+    """A group seen once has no verdict; seen for 3 s of a 10-s window, its
+    words say 3 s, not 10."""
+    leaks, acts = {100: 12}, {}
+    assert judge("remote", PEER, leaks, 0, acts, 100 * S, 10.0, observed_s=0.0) == []
+    (v,) = judge("remote", PEER, leaks, 0, acts, 100 * S, 10.0, observed_s=3.0)
+    assert v.kind == STEADY and v.window_s == 3.0 and not v.full_window
+    assert "no new leak in the 3.0s watched so far" in verdict_text(v, group(v, 12))
+    (v,) = judge("remote", PEER, leaks, 0, acts, 100 * S, 10.0, observed_s=30.0)
+    assert v.full_window and "in the last 10.0s" in verdict_text(v, group(v, 12))

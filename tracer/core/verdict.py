@@ -80,10 +80,11 @@ class Verdict:
     endpoint: str  # the group's peer (or local service)
     leaks: int  # that process's leaks in the group
     change: int  # the group's leaks now minus window_s ago
-    window_s: float
+    window_s: float  # the span the change covers: the window, or less just after attach
     quiet_s: float | None = None  # no connect() to the peer for this long (None: not counted)
     established: int | None = None  # ESTABLISHED connections left (None: not checked)
     pool: int = 0  # exhausted: the pool's probable size (leaks + those closed late since)
+    full_window: bool = True  # False: watched for less than a window so far
 
 
 def judge(
@@ -94,6 +95,7 @@ def judge(
     activity: Mapping[int, PeerActivity],
     now_ns: int,
     window: float,
+    observed_s: float | None = None,
 ) -> list[Verdict]:
     """The verdicts of one group (side "remote": a peer; "local": a service
     port), one per process holding its leaks; the group's own is the most
@@ -101,8 +103,14 @@ def judge(
 
     `leaks_by_pid`: the group's leaks per holding process; `change`: the
     group's leaks now minus `window` seconds ago; `activity`: per process,
-    its connects to the peer (remote groups only).
+    its connects to the peer (remote groups only); `observed_s`: how long
+    the group has been watched, when less than the window (just after
+    attach): the change covers only that. A group seen once has no verdict:
+    no change can be told from one sample.
     """
+    span = window if observed_s is None else min(window, observed_s)
+    if span <= 0:
+        return []
     verdicts = []
     for pid, n in leaks_by_pid.items():
         act = activity.get(pid) if side == "remote" else None
@@ -113,7 +121,12 @@ def judge(
         else:
             kind = GROWING if change > 0 else DRAINING if change < 0 else STEADY
         pool = n + (act.ended_since_connect if act is not None else 0)
-        verdicts.append(Verdict(kind, pid, endpoint, n, change, window, quiet, established, pool))
+        covered = window if kind == EXHAUSTED else span
+        verdicts.append(
+            Verdict(
+                kind, pid, endpoint, n, change, covered, quiet, established, pool, span >= window
+            )
+        )
     return verdicts
 
 
@@ -134,6 +147,11 @@ class GroupCounts:
             q.append((now_ns, n))
             while len(q) > 2 and now_ns - q[1][0] >= keep_ns:
                 q.popleft()
+
+    def observed_s(self, key: object, now_ns: int) -> float:
+        """How long the group has been sampled (0: once, or never)."""
+        q = self._samples.get(key)
+        return (now_ns - q[0][0]) / NS_PER_S if q else 0.0
 
     def change(self, key: object, now_ns: int, window: float) -> int:
         """Leaks now minus the count a window ago (or at the first sample, if

@@ -80,7 +80,10 @@ class PoolWatch:
                         acts[pid] = act
             key = (g.side, g.endpoint)
             change = self.counts.change(key, now_ns, self.window)
-            verdicts = judge(g.side, g.endpoint, g.by_pid, change, acts, now_ns, self.window)
+            observed = self.counts.observed_s(key, now_ns)
+            verdicts = judge(
+                g.side, g.endpoint, g.by_pid, change, acts, now_ns, self.window, observed
+            )
             for v in verdicts:
                 verdicts_of.setdefault(v.pid, []).append(v)
             out.append(replace(g, verdict=most_severe(verdicts)))

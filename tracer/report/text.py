@@ -113,6 +113,7 @@ def _plural(n: int, word: str) -> str:
 def verdict_text(v: Verdict, g: Group) -> str:
     """The sentence behind a group's verdict (core/verdict.py says when each holds)."""
     window = format_age(v.window_s)
+    span = f"last {window}" if v.full_window else f"{window} watched so far"
     who = f" of pid {v.pid}" if len(g.by_pid) > 1 else ""
     if v.kind == EXHAUSTED:
         late = v.pool - v.leaks
@@ -122,16 +123,17 @@ def verdict_text(v: Verdict, g: Group) -> str:
         return (
             f"all {_plural(v.leaks, 'connection')}{who} to {g.endpoint} are leaked and none "
             f"was opened for {format_age(v.quiet_s or 0)}: a pool of {v.pool} for this peer "
-            f"is probably exhausted{closed}; threads waiting for a connection are blocked"
+            f"is probably exhausted{closed}: a thread that needs a connection to it blocks "
+            "(unless the process stopped asking for one: --threads shows which)"
         )
     if v.kind == GROWING:
         return (
-            f"growing: {v.change:+d} leaks in the last {window}, and new ones keep coming: "
+            f"growing: {v.change:+d} leaks in the {span}, and new ones keep coming: "
             "an unbounded pool, or a new connection per request"
         )
     if v.kind == DRAINING:
-        return f"draining: {-v.change} fewer leaks than {window} ago: they are being closed, late"
-    text = f"steady: no new leak in the last {window}, and the leaked ones stay open"
+        return f"draining: {-v.change} fewer leaks in the {span}: they are being closed, late"
+    text = f"steady: no new leak in the {span}, and the leaked ones stay open"
     if v.quiet_s is not None and v.quiet_s < v.window_s:
         return text + "; it still connects to this peer"
     if v.established:
