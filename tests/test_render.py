@@ -252,3 +252,13 @@ def test_fast_json_line_equals_the_reference_dict() -> None:
     for lk in [*cases, accepted, v4]:
         line = json_report([lk], s)[0]
         assert json.loads(line) == leak_json(lk, s), line
+
+
+def test_the_histogram_of_an_exited_target_keeps_its_name() -> None:
+    from tracer.core.model import LatencyBucket
+    from tracer.report.table import latency_lines
+    from tracer.report.text import comms_of
+
+    s = summary(final=True, targets={}, exited={100: "java"})
+    lines = latency_lines([LatencyBucket(100, "remote", 8080, 13, 5)], comms_of(s), [])
+    assert "pid 100 (java)" in lines[0]

@@ -56,7 +56,10 @@ def clock(wall: float) -> str:
 
 
 def comms_of(s: Summary) -> dict[int, str]:
-    comms = {p.pid: p.comm for p in s.processes}
+    """Names of the processes a report mentions, exited targets included
+    (the final report's histogram often outlives its process)."""
+    comms = dict(s.exited)
+    comms.update({p.pid: p.comm for p in s.processes})
     comms.update(s.targets)
     return comms
 
