@@ -261,4 +261,4 @@ def test_the_histogram_of_an_exited_target_keeps_its_name() -> None:
 
     s = summary(final=True, targets={}, exited={100: "java"})
     lines = latency_lines([LatencyBucket(100, "remote", 8080, 13, 5)], comms_of(s), [])
-    assert "pid 100 (java)" in lines[0]
+    assert "pid 100 (java)" in lines[1]  # after the blank line that opens it
