@@ -193,8 +193,13 @@ class KernelProbe:
             self._fd_marks.pop(pid, None)
 
     def unwatch_fd(self, pid: int, fd: int) -> None:
+        """Take back a mark watch_fd() made. The kernel may have removed it
+        already (it does when it reports that fd's drop, and user space may
+        not have read that event yet): the count goes down either way, once,
+        since the caller forgets the mark now and ignores that event."""
         t = self._watched_fds
-        if not bpf_maps.delete(t, fd_key(t.Key, pid, fd)):
+        bpf_maps.delete(t, fd_key(t.Key, pid, fd))
+        if pid not in self._fd_marks:
             return
         left = self._fd_marks.get(pid, 1) - 1
         p = self._watched_pids
