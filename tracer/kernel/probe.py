@@ -192,6 +192,14 @@ class KernelProbe:
             for k, v in self._latency.items()
         ]
 
+    def forget_latency(self, pids: set[int]) -> None:
+        """Delete the histogram entries of these processes (exited ones, once
+        read): a long-running exporter would otherwise fill the map with
+        processes that are gone, and then miss the closes of live ones."""
+        m = self._latency
+        for k in [k for k in m if k.tgid in pids]:
+            bpf_maps.delete(m, k)
+
     def stats(self) -> ProbeStats:
         s = self._stats
         values = {name: bpf_maps.percpu_sum(s, const(f"CW_STAT_{name}")) for name in STAT_NAMES}

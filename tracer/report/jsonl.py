@@ -35,10 +35,7 @@ class JsonRenderer:
     def report(self, leaks: Sequence[Leak], s: Summary) -> Iterator[str]:
         """The lines of a report, generated: with 100,000 leaks they are tens
         of MB, written out in chunks rather than held at once."""
-        ts = repr(round(s.wall, 3))
-        shared = Fragments()
-        for lk in leaks:
-            yield leak_line(lk, s.now_ns, ts, shared)
+        yield from self.leaks(leaks, s.now_ns, s.wall)
         for g in s.groups:
             yield _dumps(group_json(g, s))
         if s.final:
@@ -81,6 +78,13 @@ class JsonRenderer:
                 }
             )
         )
+
+    def leaks(self, leaks: Sequence[Leak], now_ns: int, wall: float) -> Iterator[str]:
+        """Leak lines outside a report (the exporter prints each leak once, when found)."""
+        ts = repr(round(wall, 3))
+        shared = Fragments()
+        for lk in leaks:
+            yield leak_line(lk, now_ns, ts, shared)
 
     def processes(self, ranks: Sequence[ProcessRank], wall: float) -> list[str]:
         return [
