@@ -33,6 +33,7 @@ from tracer.kernel.decode import (
     tuple_key,
 )
 from tracer.kernel.tracepoints import TRACEPOINTS, present
+from tracer.system import procfs
 
 
 class KernelProbe:
@@ -66,6 +67,10 @@ class KernelProbe:
         self._watched_fds = b[b"watched_fds"]
         self._watched_pids = b[b"watched_pids"]
         self._latency = b[b"close_latency"]
+        listening = b[b"listening"]
+        for port, count in procfs.listening_ports().items():
+            # Listeners opened before attach: the program sees the new ones.
+            bpf_maps.update(listening, listening.Key(port), listening.Leaf(count))
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._decoder = EventDecoder(b[b"event_layout"].Leaf)
         # TRACEPOINT_PROBEs are attached at load; the syscall probes only

@@ -305,11 +305,8 @@ def leak_line(lk: Leak, now_ns: int, ts: str, shared: Fragments | None = None) -
             f'{{"pid":{h.pid},"comm":{shared.proc(lk, h.pid)[0]},"fd":{h.fd}}}' for h in hs
         )
         opener_holds = _JBOOL[lk.opener_holds]
-    if c is None:
-        opened = conn_txt = "null"
-    else:
-        opened = shared.opener(c)
-        conn_txt = f"{max(0, now_ns - c.opened_ns) / NS_PER_S:.3f}"
+    opened = "null" if c is None else shared.opener(c)
+    conn_txt = "null" if (opened_s := conn_age(lk, now_ns)) is None else f"{opened_s:.3f}"
     return (
         f'{{"type":"leak","pid":{pid},"comm":{comm},"fd":{fds[0]},'
         f'"fds":[{fds[0] if len(fds) == 1 else ",".join(map(str, fds))}],"inode":{lk.inode},'
