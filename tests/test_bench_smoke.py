@@ -17,7 +17,7 @@ from bench import churn, report, stats
 from bench.config import SMOKE
 from tests.conftest import ROOT
 
-SECTIONS = ("startup", "detection", "churn", "kernel", "scale")
+SECTIONS = ("startup", "detection", "churn", "kernel", "scale", "exporter")
 
 
 @pytest.fixture(scope="module")
