@@ -63,9 +63,15 @@ TRACERS: dict[str, Callable[[int, int], tracers.Tracer]] = {
     "floor-raw": lambda s, c: tracers.Tracer(tracers.floor(raw=True)),
 }
 
+if env.base_argv():
+    TRACERS["closewait-all@base"] = lambda s, c: tracers.ClosewaitWatch(
+        ["--all"], "closewait-all@base", command=env.base_argv()
+    )
+
 DESCRIPTIONS = {
     "baseline": "no tracer",
     "closewait-all": "closewait watch --all",
+    "closewait-all@base": "closewait watch --all of CLOSEWAIT_BENCH_BASE_CMD's build",
     "closewait-exporter-all": "closewait exporter --all (the always-on condition)",
     "closewait-pid-server": "closewait watch --pid <server>",
     "closewait-pid-client": "closewait watch --pid <client>",

@@ -39,9 +39,10 @@ def run(cfg: Config, binary: Path, ns: Netns, log: Callable[[str], None]) -> dic
     samples: list[dict] = []
     try:
         client.run(VARIANTS[0], 0, cfg.churn_prewarm_s)
-        for rnd, order in enumerate(
-            stats.schedule(cfg.kernel_conditions, cfg.kernel_rounds, False)
-        ):
+        conditions = cfg.kernel_conditions
+        if env.base_argv():
+            conditions = (*conditions, "closewait-all@base")
+        for rnd, order in enumerate(stats.schedule(conditions, cfg.kernel_rounds, False)):
             for cond in order:
                 if cond == stats.BASELINE:
                     continue

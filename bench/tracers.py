@@ -274,13 +274,19 @@ class ClosewaitOutput:
 class ClosewaitWatch(Tracer):
     """`closewait watch ... --json`, its output parsed as it arrives."""
 
-    def __init__(self, args: list[str], name: str = "closewait", keep_leaks: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        name: str = "closewait",
+        keep_leaks: bool = False,
+        command: list[str] | None = None,
+    ) -> None:
         self.keep_leaks = keep_leaks
         self.output = ClosewaitOutput()
         self._leak_lines = 0
         spec = TracerSpec(
             name,
-            [*env.closewait_argv(), "watch", "--json", *args],
+            [*(command or env.closewait_argv()), "watch", "--json", *args],
             ready_text=b"attached in",
             stop_signal=signal.SIGTERM,
         )

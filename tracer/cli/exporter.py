@@ -14,11 +14,22 @@ import time
 
 import click
 
-from tracer.cli.options import CONTEXT, DURATION, EXIT_CODES_EPILOG, probe_options, target_options
-from tracer.cli.watch import WatchRequest, attached, status_line
+from tracer.cli.options import (
+    CONTEXT,
+    EXIT_CODES_EPILOG,
+    probe_options,
+    target_options,
+    timing_options,
+)
+from tracer.cli.watch import (
+    WatchRequest,
+    attached,
+    request_or_print,
+    status_line,
+    who_is_watched,
+)
 from tracer.engine.httpd import DEFAULT_LISTEN
 from tracer.kernel import preflight
-from tracer.report.escape import printable
 from tracer.report.prometheus import DEFAULT_MAX_PEERS
 from tracer.system.targets import Targets
 
@@ -32,21 +43,7 @@ from tracer.system.targets import Targets
     help="ADDR:PORT to serve /metrics, /healthz and / on ([::1]:PORT for IPv6, "
     ":PORT for every interface).",
 )
-@click.option(
-    "-i",
-    "--interval",
-    type=DURATION,
-    default="2s",
-    show_default=True,
-    help="Time between refreshes.",
-)
-@click.option(
-    "--min-age",
-    type=DURATION,
-    default="5s",
-    show_default=True,
-    help="How long a socket must sit in CLOSE_WAIT to count as leaked.",
-)
+@timing_options("refreshes")
 @click.option(
     "--max-peers",
     type=click.IntRange(1, 1000),
@@ -103,11 +100,11 @@ def exporter(
     """
     if pids and all_processes:
         raise click.UsageError("give either --pid PID (repeatable) or --all, not both")
-    if interval <= 0:
-        raise click.BadParameter("must be greater than 0", param_hint="'--interval'")
     if tls_key and not tls_cert:
         raise click.BadParameter("needs --tls-cert", param_hint="'--tls-key'")
-    req = WatchRequest(
+    req = request_or_print(
+        ctx,
+        ebpf,
         pids=pids,
         all_processes=not pids,
         interval_s=interval,
@@ -118,14 +115,9 @@ def exporter(
         max_conns=max_conns,
         buffer_pages=buffer_pages,
         perf_buffer=perf_buffer,
-        debug=bool(ctx.obj and ctx.obj.get("debug")),
     )
-    if ebpf:
-        from tracer.kernel.build import program_text
-
-        click.echo(program_text(req.probe_config()))
-        return
-    run_exporter(req, listen, max_peers, "pid" in extra_labels, tls_cert, tls_key)
+    if req is not None:
+        run_exporter(req, listen, max_peers, "pid" in extra_labels, tls_cert, tls_key)
 
 
 def run_exporter(
@@ -146,11 +138,7 @@ def run_exporter(
     t0 = time.monotonic()
     preflight.require(preflight.check_root)
     targets = Targets(req.pids, req.all_processes)
-    who = (
-        "every process"
-        if req.all_processes
-        else ", ".join(f"pid {p} ({printable(c)})" for p, c in targets.live.items())
-    )
+    who = who_is_watched(targets)
     registry = CollectorRegistry(auto_describe=False)
     late = _Late(f"watching {who}")
     server = MetricsServer(listen, registry, late.health, late.page, tls_cert, tls_key)
