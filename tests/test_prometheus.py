@@ -232,3 +232,75 @@ def test_tls_serves_metrics_and_health(tmp_path: Path) -> None:
         assert err.value.code == 503
     finally:
         server.stop()
+
+
+class FakeProbe:
+    def read_latency(self) -> list[LatencyBucket]:
+        return []
+
+    def forget_latency(self, pids: set[int]) -> None:
+        raise AssertionError("nothing to forget")
+
+
+class FakeWatcher:
+    """Just enough of tracer.engine.watcher.Watcher for the exporter's loop:
+    its second refresh fails, as one hit by a /proc race would."""
+
+    def __init__(self, stop) -> None:
+        from tracer.core.correlate import LeakTracker
+        from tracer.core.trends import GroupStarts
+
+        self.stop, self.refreshes = stop, 0
+        self.starts = GroupStarts(0, EPHEMERAL)
+        self.tracker = LeakTracker(1.0, 0)
+        self.probe = FakeProbe()
+        self.notices: list[str] = []
+        self.clock = lambda: 5 * S
+
+    def refresh(self):
+        from tracer.core.correlate import Changes
+
+        self.refreshes += 1
+        if self.refreshes == 2:
+            raise FileNotFoundError("/proc/4242/fd: vanished")
+        if self.refreshes == 4:
+            self.stop.reason = "SIGTERM"
+        return Changes(new=[leak(100, "svc", 80, 1, self.refreshes)])
+
+    def drain_events(self, timeout_ms: int):
+        from tracer.core.correlate import Changes
+
+        return Changes()
+
+    def summary(self, wall: float):
+        from tracer.core.summary import Summary
+
+        return Summary(wall, 5 * S, 5.0, {}, True, 0, 0, ProbeStats(fins=3))
+
+    def leaks(self) -> list[Leak]:
+        return []
+
+    def forget_gone(self) -> None:
+        pass
+
+    def finished(self) -> bool:
+        return False
+
+
+def test_a_failed_refresh_is_counted_and_skipped() -> None:
+    from tracer.engine.exporter import Exporter, ExporterOptions
+    from tracer.engine.loop import StopFlag
+
+    stop = StopFlag()
+    said: list[str] = []
+    ex = Exporter(FakeWatcher(stop), ExporterOptions(interval_s=0.01), notice=said.append)
+    assert ex.health() == (False, "starting: no refresh yet")
+    ex.run(stop)
+    assert ex.watcher.refreshes == 4 and ex.state.refresh_errors == 1
+    assert said == ["refresh failed, skipped: FileNotFoundError: /proc/4242/fd: vanished"]
+    v = samples(ex.latest)
+    assert value(v, "closewait_refresh_errors_total") == 1
+    # refreshes 1 and 3 were published; the 4th ended the loop (stopped)
+    assert value(v, "closewait_leaks_started_total", comm="svc") == 2
+    assert value(v, "closewait_fins_total") == 3
+    assert ex.health()[0] is True
