@@ -4,7 +4,8 @@ A BPF program's cost lands in the workload's context, so the churn section
 can only see it as lost throughput, and on a shared machine the baselines
 around a measurement drift by several percent: enough to hide the few
 points that separate two cheap tracers. The kernel measures each program
-itself when `kernel.bpf_stats_enabled` is 1: run_time_ns and run_cnt per
+itself while run-time stats are enabled (bpf(BPF_ENABLE_STATS), or the
+`kernel.bpf_stats_enabled` sysctl): run_time_ns and run_cnt per
 program (bpftool prog show). Their ratio is the program's cost per hit,
 which does not depend on how busy the rest of the machine is.
 

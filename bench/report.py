@@ -157,7 +157,7 @@ def kernel_table(k: dict) -> list[str]:
     head = [
         "1b. Kernel-side cost per tracepoint hit: run time / run count of the tracer's program on"
         " inet_sock_set_state,",
-        "    from the kernel's own counters (kernel.bpf_stats_enabled, which adds its two clock"
+        "    from the kernel's own counters (BPF run-time stats, which add their two clock"
         " reads to every figure);",
         "    median over rounds; x floor = against the map-only floor in the same run",
     ]
