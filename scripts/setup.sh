@@ -59,12 +59,13 @@ if [ "$DEV" -eq 1 ] && ! command -v promtool >/dev/null; then
     apt_update
     say "installing prometheus (for promtool and the end-to-end test; its service stays off)"
     POLICY=/usr/sbin/policy-rc.d
-    [ -e "$POLICY" ] && cp -p "$POLICY" "$POLICY.closewait-saved"
+    SAVED=$POLICY.closewait-saved
+    restore_policy() { rm -f "$POLICY"; if [ -e "$SAVED" ]; then mv "$SAVED" "$POLICY"; fi; }
+    if [ -e "$POLICY" ]; then cp -p "$POLICY" "$SAVED"; fi
     printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod 755 "$POLICY"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-        || { rm -f "$POLICY"; die "apt-get install prometheus failed"; }
-    rm -f "$POLICY"
-    [ -e "$POLICY.closewait-saved" ] && mv "$POLICY.closewait-saved" "$POLICY"
+        || { restore_policy; die "apt-get install prometheus failed"; }
+    restore_policy
     systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 
