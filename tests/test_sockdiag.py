@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 
 import pytest
 from pyroute2 import DiagSocket
 
 from tests.conftest import connected_pair
-from tracer.system import procfs, sockdiag
+from tracer.system import procfs
 from tracer.system.sockdiag import TCP_CLOSE_WAIT, DiagClient, DiagPool
 
 
@@ -32,27 +31,6 @@ def _close_wait_sockets(n_v4: int = 3, n_v6: int = 2) -> list[socket.socket]:
         srv.close()
     time.sleep(0.1)
     return keep
-
-
-def test_request_and_tcp_info_offset_match_pyroute2() -> None:
-    """closewait encodes its request by hand (pyroute2's import costs 16 MB)."""
-    from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
-
-    for family, ext in ((socket.AF_INET, True), (socket.AF_INET6, False)):
-        req = inet_diag_req()
-        req["header"] = {"type": SOCK_DIAG_BY_FAMILY, "flags": 0x301, "sequence_number": 7}
-        req["sdiag_family"] = family
-        req["sdiag_protocol"] = socket.IPPROTO_TCP
-        req["idiag_states"] = 1 << TCP_CLOSE_WAIT
-        req["idiag_ext"] = 2 if ext else 0
-        req.encode()
-        assert sockdiag._request(family, 1 << TCP_CLOSE_WAIT, 7, ext) == bytes(req.data)
-    offset = 0
-    for name, fmt in inet_diag_msg.tcp_info.fields:
-        if name == "tcpi_last_ack_recv":
-            break
-        offset += struct.calcsize("=" + fmt.lstrip("<>=!"))
-    assert offset == sockdiag._LAST_ACK_RECV_OFF
 
 
 def test_parser_matches_pyroute2_decoder() -> None:

@@ -54,7 +54,7 @@ def run_snapshot(
     pids: tuple[int, ...], all_processes: bool, min_age_s: float, json_lines: bool, triage: bool
 ) -> None:
     """The `snapshot` command: root check, one read, one report."""
-    preflight.require(preflight.check_root)
+    preflight.require(preflight.check_root, preflight.check_pyroute2)
     targets = Targets(pids, all_processes)
     gcpause.off_for_good()
     snap = take(targets, min_age_s)

@@ -37,7 +37,7 @@ _MEANINGS = {
     ExitStatus.NO_HEADERS: "no kernel headers for BCC to compile against",
     ExitStatus.NO_TRACEPOINT: "a tracepoint closewait needs is missing, or tracefs is not mounted",
     ExitStatus.NO_SUCH_PROCESS: "a --pid names no running process",
-    ExitStatus.NO_DEPENDENCY: "a required Python module (bcc) cannot be imported, "
+    ExitStatus.NO_DEPENDENCY: "a required Python module (bcc, pyroute2) cannot be imported, "
     "or BCC has no writable temporary directory",
     ExitStatus.INTERRUPTED: "interrupted again (Ctrl-C or SIGTERM) while stopping: no final report",
 }

@@ -82,6 +82,21 @@ def check_bcc() -> Check:
     return Check("bcc", True, f"BCC {version} importable")
 
 
+def check_pyroute2() -> Check:
+    try:
+        import pyroute2
+        from pyroute2 import DiagSocket  # noqa: F401
+    except ImportError as exc:
+        return Check(
+            "pyroute2",
+            False,
+            f"cannot import pyroute2 ({exc})",
+            "pip install pyroute2 (or apt-get install python3-pyroute2)",
+            ExitStatus.NO_DEPENDENCY,
+        )
+    return Check("pyroute2", True, f"pyroute2 {getattr(pyroute2, '__version__', '?')} importable")
+
+
 def tracefs_root() -> Path | None:
     """The first mounted tracefs, or None."""
     for root in TRACEFS_ROOTS:
@@ -257,7 +272,7 @@ def ringbuf_supported() -> bool:
 
 def all_checks() -> list[Check]:
     """Every check, in the order a person would fix them."""
-    checks = [check_root(), check_bcc(), check_bpf_syscall()]
+    checks = [check_root(), check_bcc(), check_pyroute2(), check_bpf_syscall()]
     checks += check_tracepoints()
     checks.append(check_headers())
     checks.append(check_tmpdir())
@@ -296,4 +311,6 @@ def require(*steps: Callable[[], Check | list[Check]]) -> list[Check]:
 def require_tracer() -> list[Check]:
     """Everything loading the BPF program needs, root excepted (callers check
     root first, before anything slower). Returns optional checks that failed."""
-    return require(check_bcc, check_bpf_syscall, check_tracepoints, check_headers, check_tmpdir)
+    return require(
+        check_bcc, check_pyroute2, check_bpf_syscall, check_tracepoints, check_headers, check_tmpdir
+    )

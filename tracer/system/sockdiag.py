@@ -4,14 +4,13 @@ One netlink socket per network namespace, created inside it (setns on the
 calling thread, then back), so a process in a container is queried in its
 own namespace: 4-tuples are unique only per namespace.
 
-The request (struct inet_diag_req_v2) and the replies are fixed-layout
-structs, encoded and parsed here with struct.Struct; pyroute2's encoder,
-decoder and field lists are the reference they are tested against
-(tests/test_sockdiag.py), not a run-time dependency: pyroute2 decodes each
-reply into nested dicts at about 130 µs per socket on this machine kind
-(1.3 s for 10,000 CLOSE_WAIT sockets), too slow for hosts with 100,000
-leaked sockets, and importing it costs every closewait process 16 MB and
-0.17 s (its package imports two dozen netlink families).
+pyroute2 describes the messages: its inet_diag_req encodes the request and
+its field lists are the reference the reply parser is tested against
+(tests/test_sockdiag.py). The replies are parsed here with one struct.Struct:
+pyroute2 decodes each reply into nested dicts at about 130 µs per socket on
+this machine kind (1.3 s for 10,000 CLOSE_WAIT sockets), which is too slow
+for hosts with 100,000 leaked sockets; the fixed inet_diag_msg header plus
+one tcp_info field takes a few microseconds.
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ import socket
 import struct
 import time
 
+from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
+
 from tracer.core.model import DiagSock, SockTuple
 from tracer.kernel.abi import const
 
 NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
@@ -44,14 +44,21 @@ _NLATTR = struct.Struct("=HH")
 # wqueue, uid, inode. Enough to recognise a socket seen before.
 _DIAG_KNOWN = struct.Struct("=Q4xI8xI")
 _DIAG_KNOWN_OFFSET = 44
-# Offset of tcpi_last_ack_recv in struct tcp_info (uapi/linux/tcp.h): eight
-# u8 fields, nine u32 (rto ... fackets), then last_data_sent,
-# last_ack_sent, last_data_recv, last_ack_recv. tests/test_sockdiag.py checks
-# it against pyroute2's field list.
-_LAST_ACK_RECV_OFF = 8 + 9 * 4 + 3 * 4
-# nlmsghdr, then struct inet_diag_req_v2: family, protocol, ext, pad, states,
-# and a zero inet_diag_sockid (sport, dport, src[16], dst[16], if, cookie[2]).
-_REQUEST = struct.Struct("=IHHIIBBBxI48x")
+# Offset of tcpi_last_ack_recv in struct tcp_info, computed from pyroute2's
+# field list so the two cannot disagree.
+_TCPI_FIELDS = inet_diag_msg.tcp_info.fields
+
+
+def _field_offset(fields: tuple, name: str) -> int:
+    offset = 0
+    for fname, fmt in fields:
+        if fname == name:
+            return offset
+        offset += struct.calcsize("=" + fmt.lstrip("<>=!"))
+    raise KeyError(name)
+
+
+_LAST_ACK_RECV_OFF = _field_offset(_TCPI_FIELDS, "tcpi_last_ack_recv")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -117,12 +124,18 @@ def _new_socket() -> socket.socket:
 
 
 def _request(family: int, states: int, seq: int, with_info: bool = True) -> bytes:
-    """A dump request for TCP sockets of `family` in `states` (a bit mask)."""
-    ext = 1 << (INET_DIAG_INFO - 1) if with_info else 0
-    flags = NLM_F_REQUEST | NLM_F_DUMP
-    return _REQUEST.pack(
-        _REQUEST.size, SOCK_DIAG_BY_FAMILY, flags, seq, 0, family, socket.IPPROTO_TCP, ext, states
-    )
+    req = inet_diag_req()
+    req["header"] = {
+        "type": SOCK_DIAG_BY_FAMILY,
+        "flags": NLM_F_REQUEST | NLM_F_DUMP,
+        "sequence_number": seq,
+    }
+    req["sdiag_family"] = family
+    req["sdiag_protocol"] = socket.IPPROTO_TCP
+    req["idiag_states"] = states
+    req["idiag_ext"] = 1 << (INET_DIAG_INFO - 1) if with_info else 0
+    req.encode()
+    return bytes(req.data)
 
 
 class DiagClient:
