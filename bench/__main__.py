@@ -3,6 +3,7 @@
     bench/run            full run (under 10 minutes)
     bench/run --quick    fewer rounds, shorter windows, 10,000 leaks (under 2 minutes)
     bench/run --smoke    tiny sizes: every piece runs once (under 30 seconds)
+    bench/run --only exporter --soak-s 600    the exporter, with a 10-minute soak
 
 Prints the tables on stdout, progress on stderr, and writes every figure to
 bench/results/<date>-<mode>.json (or --output). Exit status 0 when every
@@ -17,12 +18,13 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
-from bench import churn, detection, env, kernelcost, report, scale, startup
+from bench import churn, detection, env, exporter, kernelcost, report, scale, startup
 from bench.config import MODES
 
-SECTIONS = ("startup", "detection", "churn", "kernel", "scale")
+SECTIONS = ("startup", "detection", "churn", "kernel", "scale", "exporter")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", choices=SECTIONS, help="run this section only (repeatable)"
     )
+    parser.add_argument(
+        "--soak-s",
+        type=float,
+        default=0.0,
+        help="exporter section: also run `exporter --all` this long under churn, RSS over time",
+    )
     args = parser.parse_args(argv)
     cfg = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.soak_s:
+        cfg = replace(cfg, soak_s=args.soak_s)
     if os.geteuid() != 0:
         print("bench/run: must run as root (BPF, network namespaces)", file=sys.stderr)
         return 3
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = churn.run(cfg, binary, ns, log)
                 elif name == "kernel":
                     results[name] = kernelcost.run(cfg, binary, ns, log)
+                elif name == "exporter":
+                    results[name] = exporter.run(cfg, binary, ns, log)
                 else:
                     results[name] = scale.run(cfg, binary, ns, log)
             except Exception as exc:  # report the others anyway

@@ -47,6 +47,9 @@ NOISY = 0.05
 # --max-sockets/--max-conns are left at their defaults: what a user runs.
 TRACERS: dict[str, Callable[[int, int], tracers.Tracer]] = {
     "closewait-all": lambda s, c: tracers.ClosewaitWatch(["--all"], "closewait-all"),
+    "closewait-exporter-all": lambda s, c: tracers.ClosewaitExporter(
+        ["--all"], "closewait-exporter-all"
+    ),
     "closewait-pid-server": lambda s, c: tracers.ClosewaitWatch(
         ["--pid", str(s)], "closewait-pid-server"
     ),
@@ -60,9 +63,16 @@ TRACERS: dict[str, Callable[[int, int], tracers.Tracer]] = {
     "floor-raw": lambda s, c: tracers.Tracer(tracers.floor(raw=True)),
 }
 
+if env.base_argv():
+    TRACERS["closewait-all@base"] = lambda s, c: tracers.ClosewaitWatch(
+        ["--all"], "closewait-all@base", command=env.base_argv()
+    )
+
 DESCRIPTIONS = {
     "baseline": "no tracer",
     "closewait-all": "closewait watch --all",
+    "closewait-all@base": "closewait watch --all of CLOSEWAIT_BENCH_BASE_CMD's build",
+    "closewait-exporter-all": "closewait exporter --all (the always-on condition)",
     "closewait-pid-server": "closewait watch --pid <server>",
     "closewait-pid-client": "closewait watch --pid <client>",
     "tcpstates": "tcpstates-bpfcc (BCC), output to a pty",
@@ -165,6 +175,7 @@ def _slot(
             # spans at least two of closewait's refreshes; a single window
             # may or may not contain one.
             run1, t1 = procstat.runtime(tracer.pid), time.monotonic()
+            exported = _last_scrape(tracer)
             rc = tracer.stop()
             assert session is not None
             session["exit_status"] = rc
@@ -181,7 +192,15 @@ def _slot(
             # Totals of the session (both variants): a printing tracer's
             # output and its loss reports lag behind the events, so they
             # cannot be split between the two variants exactly.
-            session["events_lost"] = tracer.lost()
+            if exported is not None:
+                session["exporter"] = exported
+                session["events_lost"] = exported["events_lost"]
+                if exported["leaks"]:  # someone else's, as with watch --all below
+                    session["foreign_leaks"] = exported["leaks"]
+                    for sample in out:
+                        sample["foreign_leaks"] = exported["leaks"]
+            else:
+                session["events_lost"] = tracer.lost()
             if tracer.spec.prints_events:
                 session["events_printed"] = tracer.printed()
             if isinstance(tracer, tracers.ClosewaitWatch):
@@ -259,6 +278,23 @@ def _measure(
             sample["tracer_cpu_pct"] = round(100 * used["tracer"] / window, 2)
         sample["tracer_memory_mb"] = tracer.memory()
     return sample
+
+
+def _last_scrape(tracer: tracers.Tracer) -> dict | None:
+    """The exporter's counters, scraped once before it is stopped."""
+    if not isinstance(tracer, tracers.ClosewaitExporter):
+        return None
+    try:
+        seconds, body = tracer.scrape()
+    except OSError:
+        return {"events_lost": 0, "leaks": 0, "scrape_failed": True}
+    return {
+        "scrape_s": round(seconds, 4),
+        "events_lost": int(tracer.metric("closewait_events_lost_total", body) or 0),
+        "map_full": int(tracer.metric("closewait_map_full_total", body) or 0),
+        "fins": int(tracer.metric("closewait_fins_total", body) or 0),
+        "leaks": int(tracer.metric("closewait_leaked_sockets", body) or 0),
+    }
 
 
 def _bpftrace_total(output: bytes) -> int:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 ALL_CONDITIONS = (
     "baseline",
     "closewait-all",
+    "closewait-exporter-all",
     "closewait-pid-server",
     "closewait-pid-client",
     "tcpstates",
@@ -21,6 +22,7 @@ ALL_CONDITIONS = (
 # ones pay mostly in user space, which the churn section shows).
 KERNEL_CONDITIONS = (
     "closewait-all",
+    "closewait-exporter-all",
     "closewait-pid-client",
     "bpftrace-count",
     "floor-map",
@@ -57,6 +59,10 @@ class Config:
     detect_leaks: int
     detect_min_age_s: float
     detect_interval_s: float
+    # the exporter (section 5): idle settle, leaks for the scrape, soak (0: none)
+    exporter_settle_s: float = 3.0
+    exporter_leaks: int = 10_000
+    soak_s: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +127,7 @@ SMOKE = replace(
         c for c in ALL_CONDITIONS if c not in ("closewait-pid-client", "bpftrace-count")
     ),
     concurrency=4,
-    kernel_conditions=("closewait-all", "floor-map"),
+    kernel_conditions=("closewait-all", "closewait-exporter-all", "floor-map"),
     scale_cases=((200, 2, "close"),),
     scale_interval_s=0.5,
     scale_refreshes=1,
@@ -129,6 +135,8 @@ SMOKE = replace(
     detect_leaks=1,
     detect_min_age_s=0.5,
     detect_interval_s=0.5,
+    exporter_settle_s=1.5,
+    exporter_leaks=200,
 )
 
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}

@@ -134,6 +134,14 @@ def closewait_argv() -> list[str]:
     return [sys.executable, "-m", "tracer"]
 
 
+def base_argv() -> list[str] | None:
+    """CLOSEWAIT_BENCH_BASE_CMD: an older build to run beside this one, as the
+    condition `closewait-all@base` of churn and kernel cost: a before/after
+    comparison within one run, interleaved, under the same noise."""
+    base = os.environ.get("CLOSEWAIT_BENCH_BASE_CMD")
+    return shlex.split(base) if base else None
+
+
 def has_snapshot() -> bool:
     """True if the closewait under test has `snapshot` (an older build, run
     through CLOSEWAIT_BENCH_CMD, may not)."""

@@ -164,7 +164,7 @@ def kernel_table(k: dict) -> list[str]:
     head = [
         "1b. Kernel-side cost per tracepoint hit: run time / run count of the tracer's program on"
         " inet_sock_set_state,",
-        "    from the kernel's own counters (kernel.bpf_stats_enabled, which adds its two clock"
+        "    from the kernel's own counters (BPF run-time stats, which add their two clock"
         " reads to every figure);",
         "    median over rounds; x floor = against the map-only floor in the same run",
     ]
@@ -216,6 +216,43 @@ def detection_lines(d: dict) -> list[str]:
             else []
         ),
     ]
+
+
+def exporter_lines(x: dict) -> list[str]:
+    idle, sc = x.get("idle", {}), x.get("scale", {})
+    lines = [
+        "5. The exporter: closewait exporter --all on this host, idle: RSS"
+        f" {_mem(idle.get('memory_mb'))} MB, scrape {_num(idle.get('scrape_s'), '.4f')} s;",
+        f"   exporter --pid <one process with {sc.get('leaks')} leaks>: all exported after"
+        f" {_num(sc.get('to_all_leaks_s'), '.1f')} s; GET /metrics median"
+        f" {_num(sc.get('scrape_ms_median'), '.1f')} ms, max {_num(sc.get('scrape_ms_max'), '.1f')}"
+        f" ms, {sc.get('scrape_bytes')} bytes, {sc.get('series')} series;"
+        f" RSS {_mem(sc.get('memory_mb'))} MB",
+    ]
+    soak = x.get("soak")
+    if soak:
+        lines.append(
+            f"   soak {soak['seconds']:.0f} s (--all, intermittent churn,"
+            f" {soak['transactions']} transactions, {soak['pid_swaps']} leaking processes"
+            f" replaced): RSS drift after the first minute {soak['rss_drift_mb']:+.1f} MB"
+        )
+        lines += table(
+            ["t s", "RSS MB", "anon MB", "scrape ms", "series", "leaks", "cpu s"],
+            [
+                [
+                    s["t_s"],
+                    s["rss_mb"],
+                    s["anon_mb"],
+                    s["scrape_ms"],
+                    s["series"],
+                    s["leaks"],
+                    s["cpu_s"],
+                ]
+                for s in soak["samples"]
+            ],
+            left=0,
+        )
+    return lines
 
 
 # -- targets -------------------------------------------------------------------
@@ -363,6 +400,7 @@ def targets(results: dict) -> list[dict]:
         out.append(
             _target("scale-100k", "100,000 leaks (refresh CPU, RSS, snapshot)", None, "not run")
         )
+    out += exporter_targets(results)
     det = results.get("detection")
     if det:
         mx = det.get("latency_s_max")
@@ -388,6 +426,66 @@ def targets(results: dict) -> list[dict]:
                     f" ({pre['detected']}/{pre['leaks']} detected)",
                 )
             )
+    return out
+
+
+def exporter_targets(results: dict) -> list[dict]:
+    """The always-on targets (issue 11): the healthy path at the floor, small and flat."""
+    out = []
+    churn = results.get("churn") or {}
+    for v in VARIANTS if "conditions" in churn else ():
+        r = _variant(churn, "closewait-exporter-all", v).get("ratio_median")
+        fl = _variant(churn, "floor-map", v).get("ratio_median")
+        if r is not None:
+            out.append(
+                _target(
+                    f"exporter-churn-floor-{v}",
+                    f"exporter --all at most 2 points below the map-only floor ({v})",
+                    None if fl is None else r >= fl - 0.02,
+                    f"{_pct(r)} vs floor {_pct(fl)} ({_pts(r, fl)})",
+                )
+            )
+    ratios = (results.get("kernel") or {}).get("vs_floor_map", {}).get("closewait-exporter-all")
+    for v, ratio in (ratios or {}).items():
+        out.append(
+            _at_most(
+                f"exporter-kernel-{v}",
+                f"exporter --all kernel cost per tracepoint hit <= 1.15x the floor ({v})",
+                ratio,
+                1.15,
+                _num(ratio, ".2f") + "x",
+            )
+        )
+    x = results.get("exporter") or {}
+    rss = ((x.get("idle") or {}).get("memory_mb") or {}).get("VmRSS")
+    if rss is not None:
+        out.append(
+            _at_most("exporter-idle-rss", "exporter idle RSS <= 80 MB", rss, 80, f"{rss:.0f} MB")
+        )
+    sc = x.get("scale") or {}
+    if sc.get("scrape_ms_median") is not None:
+        ms = sc["scrape_ms_max"]
+        out.append(
+            _at_most(
+                "exporter-scrape",
+                f"a scrape at {sc['leaks']} leaks <= 50 ms",
+                ms,
+                50,
+                f"max {ms:.1f} ms (median {sc['scrape_ms_median']:.1f}), {sc['series']} series",
+            )
+        )
+    soak = x.get("soak")
+    if soak:
+        drift = soak["rss_drift_mb"]
+        out.append(
+            _at_most(
+                "exporter-soak",
+                f"exporter RSS flat over a {soak['seconds']:.0f} s soak (drift <= 5 MB)",
+                abs(drift),
+                5,
+                f"{drift:+.1f} MB after the first minute",
+            )
+        )
     return out
 
 
@@ -431,6 +529,7 @@ def render(results: dict) -> list[str]:
         ("scale", scale_table),
         ("startup", startup_lines),
         ("detection", detection_lines),
+        ("exporter", exporter_lines),
     ):
         section = results.get(key)
         if section is None:

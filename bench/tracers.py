@@ -15,11 +15,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import tty
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -272,13 +274,19 @@ class ClosewaitOutput:
 class ClosewaitWatch(Tracer):
     """`closewait watch ... --json`, its output parsed as it arrives."""
 
-    def __init__(self, args: list[str], name: str = "closewait", keep_leaks: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        name: str = "closewait",
+        keep_leaks: bool = False,
+        command: list[str] | None = None,
+    ) -> None:
         self.keep_leaks = keep_leaks
         self.output = ClosewaitOutput()
         self._leak_lines = 0
         spec = TracerSpec(
             name,
-            [*env.closewait_argv(), "watch", "--json", *args],
+            [*(command or env.closewait_argv()), "watch", "--json", *args],
             ready_text=b"attached in",
             stop_signal=signal.SIGTERM,
         )
@@ -335,3 +343,43 @@ class ClosewaitWatch(Tracer):
 
     def ended(self) -> list[tuple[float, dict]]:
         return [(t, json.loads(raw)) for t, raw in self.output.ended]
+
+
+class ClosewaitExporter(Tracer):
+    """`closewait exporter ...` on a free loopback port, read by scraping it."""
+
+    def __init__(self, args: list[str], name: str = "closewait-exporter") -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        spec = TracerSpec(
+            name,
+            [*env.closewait_argv(), "exporter", "--listen", f"127.0.0.1:{self.port}", *args],
+            ready_text=b"attached in",
+            stop_signal=signal.SIGTERM,
+        )
+        super().__init__(spec)
+
+    def scrape(self, timeout: float = 10.0) -> tuple[float, bytes]:
+        """(seconds the GET /metrics took, the body)."""
+        t = time.monotonic()
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+        return time.monotonic() - t, body
+
+    def metric(self, name: str, body: bytes | None = None) -> float | None:
+        """The sum of a metric's samples in a scrape (None if it has none)."""
+        if body is None:
+            body = self.scrape()[1]
+        values = [
+            float(m.group(1))
+            for m in re.finditer(rb"^" + name.encode() + rb"(?:\{[^}]*\})? (\S+)$", body, re.M)
+        ]
+        return sum(values) if values else None
+
+    def lost(self) -> int:
+        try:
+            return int(self.metric("closewait_events_lost_total") or 0)
+        except OSError:
+            return 0

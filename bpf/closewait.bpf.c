@@ -29,6 +29,8 @@
  *  CW_OFF_SKC_NET, CW_OFF_NET_INUM  BTF offsets of sock.__sk_common.skc_net.net
  *                     and net.ns.inum (absent: netns unknown, 0)
  *  CW_MAX_PEERS       (process, peer) pairs whose connects are counted
+ *  CW_MAX_LISTEN      listening ports; CW_EPHEMERAL_LO/HI the host's ephemeral
+ *                     port range (net.ipv4.ip_local_port_range)
  */
 #include <uapi/linux/ptrace.h>
 #include "closewait.h"
@@ -115,13 +117,23 @@ struct cw_event {
  * still found by user space through sock_diag, with an estimated age. */
 BPF_TABLE("hash", u64, struct cw_sock, closewait, CW_MAX_SOCKS);
 
-/* Creators of live connections, keyed by socket address. LRU because it is a
+/* Creators of connect()ed connections, keyed by socket address. LRU because it is a
  * cache of metadata: a connection that never reaches CLOSE through
  * tcp_set_state() would otherwise hold its slot forever, and a host with more
  * live connections than slots should keep recording new connections. The
  * entry moves into `closewait` at the FIN, so leaked sockets do not occupy it.
  * Evictions are computed by user space from CW_STAT_CONN_* and the map size. */
 BPF_TABLE("lru_hash", u64, struct cw_creator, conns, CW_MAX_CONNS);
+
+/* Local ports that have a listening socket, in any namespace: port ->
+ * listeners. Accepted sockets are not recorded at the handshake (that was an
+ * LRU update and delete per accepted connection, about 15% of this program's
+ * time per hit under churn: bench section 1b); a socket that gets its FIN
+ * with no creator recorded is taken as accepted when its local port listens,
+ * or lies outside the ephemeral range (a listener this map never saw open,
+ * opened before attach in another namespace). Filled from /proc/net/tcp* at
+ * load (tracer/kernel/probe.py), kept up to date by the LISTEN transitions. */
+BPF_HASH(listening, u16, u32, CW_MAX_LISTEN);
 
 /* Last fd drop per thread (key: tid). Not deleted at syscall exit on purpose:
  * close_range() and dup2() release the file through task_work when returning
@@ -304,6 +316,32 @@ static __always_inline void count_peer_connect(const struct cw_tuple *t)
     }
 }
 
+/* Whether a local port is a server's: listening, or outside the ephemeral range. */
+static __always_inline int is_service_port(u16 port)
+{
+    if (port < CW_EPHEMERAL_LO || port > CW_EPHEMERAL_HI)
+        return 1;
+    return listening.lookup(&port) != 0;
+}
+
+/* A socket starts (+1) or stops (-1) listening on port. */
+static __always_inline void count_listener(u16 port, int up)
+{
+    u32 *n = listening.lookup(&port);
+    if (up) {
+        u32 one = 1;
+        if (n)
+            __sync_fetch_and_add(n, 1);
+        else
+            listening.update(&port, &one);
+    } else if (n) {
+        if (*n <= 1)
+            listening.delete(&port);
+        else
+            __sync_fetch_and_add(n, -1);
+    }
+}
+
 /* ESTABLISHED -> CLOSE_WAIT: tcp_fin() runs in softirq or in whichever task
  * processes the packet (on loopback, the peer that sent the FIN), so the
  * current task says nothing about the owner. Only time and tuple are kept. */
@@ -317,6 +355,8 @@ static __always_inline void enter_close_wait(u64 sk, const struct cw_tuple *t)
     if (c) {
         s.c = *c;
         remove_creator(sk);
+    } else if (is_service_port(t->sport)) {
+        s.c.how = CW_OPENED_ACCEPT; /* opened_ns 0: the handshake's time is unknown */
     }
     stat_add(CW_STAT_FIN);
 #ifdef CW_FILTER_PIDS
@@ -514,8 +554,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             READ_TUPLE(args, t);
             count_peer_connect(&t);
         }
-    } else if (oldstate == CW_TCP_SYN_RECV && newstate == CW_TCP_ESTABLISHED) {
-        record_creator(sk, CW_OPENED_ACCEPT);
+    } else if (newstate == CW_TCP_LISTEN || oldstate == CW_TCP_LISTEN) {
+        /* listen() (CLOSE -> LISTEN, the port bound already) and the
+         * listener's close (LISTEN -> CLOSE); LISTEN -> SYN_RECV is a child
+         * socket being created, which changes nothing. */
+        if (newstate == CW_TCP_LISTEN)
+            count_listener(args->sport, 1);
+        else if (newstate == CW_TCP_CLOSE)
+            count_listener(args->sport, 0);
+        return 0;
     }
     /* A connection that ends without passing CLOSE_WAIT (we closed first,
      * or it failed) frees its creator slot here. One that passed it (it

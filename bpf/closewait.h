@@ -17,6 +17,7 @@
 #define CW_TCP_CLOSE 7
 #define CW_TCP_CLOSE_WAIT 8
 #define CW_TCP_LAST_ACK 9
+#define CW_TCP_LISTEN 10
 
 #define CW_AF_INET 2
 #define CW_AF_INET6 10
@@ -24,7 +25,7 @@
 
 /* struct cw_creator.how */
 #define CW_OPENED_CONNECT 1 /* CLOSE -> SYN_SENT, in the connecting thread */
-#define CW_OPENED_ACCEPT 2  /* SYN_RECV -> ESTABLISHED, in softirq: no owner */
+#define CW_OPENED_ACCEPT 2  /* accepted: no creator recorded, local port a server's (at the FIN) */
 
 /* struct cw_fd_drop.kind: the last way a thread let go of file descriptors. */
 #define CW_DROP_NONE 0

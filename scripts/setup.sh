@@ -7,6 +7,8 @@
 #   - .venv made from /usr/bin/python3 with system site packages (BCC lives
 #     there), with closewait installed in it (editable)
 # Usage: scripts/setup.sh [--dev]     --dev adds pytest, ruff, py-spy, a JDK and the test tools
+#   (bpftool; prometheus for promtool and the exporter's end-to-end test,
+#   installed without starting or enabling its service)
 # Safe to run again: every step checks first, and a second run takes seconds.
 set -euo pipefail
 
@@ -50,6 +52,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     say "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The tests start their own Prometheus (loopback, temporary config and
+# storage); Debian's package would also start one as a service on *:9090.
+# policy-rc.d (exit 101: "action forbidden") keeps the package scripts from
+# starting it, and the unit is disabled for later boots.
+if [ "$DEV" -eq 1 ] && ! command -v promtool >/dev/null; then
+    apt_update
+    say "installing prometheus (for promtool and the end-to-end test; its service stays off)"
+    POLICY=/usr/sbin/policy-rc.d
+    SAVED=$POLICY.closewait-saved
+    restore_policy() { rm -f "$POLICY"; if [ -e "$SAVED" ]; then mv "$SAVED" "$POLICY"; fi; }
+    if [ -e "$POLICY" ]; then cp -p "$POLICY" "$SAVED"; fi
+    printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod 755 "$POLICY"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || { restore_policy; die "apt-get install prometheus failed"; }
+    restore_policy
+    systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 
 # --- kernel headers ----------------------------------------------------------

@@ -23,6 +23,7 @@ import threading
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 def main() -> None:
@@ -153,6 +154,11 @@ def main() -> None:
                     os._exit(0)
                 children.append(pid)
                 reply(child=pid)
+            elif op == "rename":
+                # The process's name (comm), as any process may set its own.
+                name = cmd["name"].encode("utf-8", "surrogateescape")[:15]
+                ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+                reply()
             elif op == "exit":
                 reply()
                 break

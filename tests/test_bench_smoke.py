@@ -17,7 +17,7 @@ from bench import churn, report, stats
 from bench.config import SMOKE
 from tests.conftest import ROOT
 
-SECTIONS = ("startup", "detection", "churn", "kernel", "scale")
+SECTIONS = ("startup", "detection", "churn", "kernel", "scale", "exporter")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,9 @@ def test_churn_measured_every_condition(smoke: dict) -> None:
         assert s["exit_status"] == 0
         assert s["closewait"]["final"] is True
         assert s["closewait"]["events_lost"] is not None
+    # The exporter was scraped before it stopped, and stopped cleanly.
+    exported = [s for s in smoke["churn"]["sessions"] if s["condition"] == "closewait-exporter-all"]
+    assert exported and all(s["exit_status"] == 0 and "fins" in s["exporter"] for s in exported)
     # The printing tracers printed events.
     assert smoke["churn"]["conditions"]["tcpstates"]["events_printed"] > 0
     assert smoke["churn"]["conditions"]["bpftrace-print"]["events_printed"] > 0
@@ -114,9 +117,20 @@ def test_startup_and_detection(smoke: dict) -> None:
     assert all(x["close_to_ended_s"] is not None for x in d["samples"])
 
 
+def test_exporter_section(smoke: dict) -> None:
+    x = smoke["exporter"]
+    assert x["idle"]["memory_mb"]["VmRSS"] > 0 and x["idle"]["scrape_bytes"] > 0
+    sc = x["scale"]
+    assert sc["leaks_exported"] == sc["leaks"] == SMOKE.exporter_leaks
+    assert sc["scrape_ms_median"] > 0 and 0 < sc["series"] < 200
+    assert "soak" not in x  # only when asked
+
+
 def test_report_renders_the_results(smoke: dict) -> None:
     text = "\n".join(report.render(smoke))
-    for heading in ("1. Connection churn", "2. Leaks at scale", "3. Start-up", "4. Detection"):
+    for heading in (
+        "1. Connection churn", "2. Leaks at scale", "3. Start-up", "4. Detection", "5. The exporter"
+    ):  # fmt: skip
         assert heading in text
 
 

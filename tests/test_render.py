@@ -246,12 +246,13 @@ def test_fast_json_line_equals_the_reference_dict() -> None:
     s = summary()
     cases = [leak(), leak(exact=False, creator=False), leak(comm=HOSTILE), leak(comm='q"uote\\')]
     accepted = leak()
-    accepted.creator = Creator(8 * S, 0, 0, "", True)
+    accepted.creator = Creator(0, 0, 0, "", True)  # handshake time unknown: conn_age_s null
     v4 = leak(t=SockTuple(socket.AF_INET, "10.1.2.3", 5, "10.9.9.9", 80))
     v4.procs[100] = ProcInfo("поток", "/kubepods/pod1/" + "cd" * 32)
     for lk in [*cases, accepted, v4]:
         line = json_report([lk], s)[0]
         assert json.loads(line) == leak_json(lk, s), line
+    assert json.loads(json_report([accepted], s)[0])["conn_age_s"] is None
 
 
 def test_the_histogram_of_an_exited_target_keeps_its_name() -> None:

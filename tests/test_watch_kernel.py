@@ -105,8 +105,12 @@ def test_accepted_socket_whose_client_went_away(peers, watch) -> None:
     assert leak.fds == [pair["server_fd"]]
     assert leak.tuple.local == f"127.0.0.1:{pair['port']}"
     assert leak.recv_q == 7
+    # Accepted sockets are not recorded at the handshake (bpf/closewait.bpf.c,
+    # `listening`): known as accepted by their listening port, opened when unknown.
     assert leak.creator is not None and leak.creator.accepted
+    assert leak.creator.opened_ns == 0 and leak.creator.tgid == 0
     assert abs(leak.fin_ns - fin) < 0.5 * NS_PER_S
+    assert procfs.listening_ports().get(pair["port"], 0) >= 1
 
 
 def test_healthy_client_that_closes_promptly_is_never_reported(peers, watch, probe) -> None:

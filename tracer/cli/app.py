@@ -15,6 +15,7 @@ import click
 from tracer import __version__
 from tracer.cli.demo import demo
 from tracer.cli.doctor import doctor
+from tracer.cli.exporter import exporter
 from tracer.cli.options import CONTEXT
 from tracer.cli.snapshot import snapshot
 from tracer.cli.watch import watch
@@ -31,7 +32,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (watch, snapshot, doctor, demo):
+for command in (watch, snapshot, exporter, doctor, demo):
     cli.add_command(command)
 
 

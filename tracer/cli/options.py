@@ -90,6 +90,29 @@ def threads_option(f):
     )(f)
 
 
+def timing_options(what_interval: str):
+    """--interval (between reports or refreshes) and --min-age."""
+
+    def decorate(f):
+        f = click.option(
+            "--min-age",
+            type=DURATION,
+            default="5s",
+            show_default=True,
+            help="How long a socket must sit in CLOSE_WAIT to count as leaked.",
+        )(f)
+        return click.option(
+            "-i",
+            "--interval",
+            type=DURATION,
+            default="2s",
+            show_default=True,
+            help=f"Time between {what_interval}.",
+        )(f)
+
+    return decorate
+
+
 def target_options(verb: str):
     """--pid (repeatable) and --all, exactly one of which must be given."""
 

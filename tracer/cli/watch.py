@@ -26,6 +26,7 @@ from tracer.cli.options import (
     require_targets,
     target_options,
     threads_option,
+    timing_options,
 )
 from tracer.kernel import preflight
 from tracer.kernel.config import DEFAULT_MAX_CONNS, DEFAULT_MAX_SOCKETS, ProbeConfig
@@ -105,34 +106,27 @@ def watch_targets(probe, targets: Targets, req: WatchRequest, stop) -> object:
     return watcher
 
 
+def who_is_watched(targets: Targets) -> str:
+    if targets.all_processes:
+        return "every process"
+    return ", ".join(f"pid {p} ({printable(c)})" for p, c in targets.live.items())
+
+
 def run_watch(req: WatchRequest) -> None:
     t0 = time.monotonic()
     preflight.require(preflight.check_root)
     targets = Targets(req.pids, req.all_processes)
     with attached(req) as (probe, stop):
-        who = (
-            "every process"
-            if req.all_processes
-            else ", ".join(f"pid {p} ({printable(c)})" for p, c in targets.live.items())
-        )
         status_line(
-            f"tracing {who}; attached in {time.monotonic() - t0:.2f}s; Ctrl-C for the final report"
+            f"tracing {who_is_watched(targets)}; attached in {time.monotonic() - t0:.2f}s; "
+            "Ctrl-C for the final report"
         )
         watch_targets(probe, targets, req, stop)
 
 
 @click.command(context_settings=CONTEXT, epilog=EXIT_CODES_EPILOG)
 @target_options("watch")
-@click.option(
-    "-i", "--interval", type=DURATION, default="2s", show_default=True, help="Time between reports."
-)
-@click.option(
-    "--min-age",
-    type=DURATION,
-    default="5s",
-    show_default=True,
-    help="How long a socket must sit in CLOSE_WAIT to count as leaked.",
-)
+@timing_options("reports")
 @click.option("-d", "--duration", type=DURATION, default=None, help="Stop after this long.")
 @click.option("--json", "json_lines", is_flag=True, help="JSON lines instead of a table.")
 @click.option(
@@ -169,7 +163,9 @@ def watch(
     thread that opened the connection. A line is printed when a leak ends.
     Stops on Ctrl-C, SIGTERM, --duration or when every PID has exited.
     """
-    req = WatchRequest(
+    req = request_or_print(
+        ctx,
+        ebpf,
         pids=pids,
         all_processes=all_processes,
         interval_s=interval,
@@ -181,15 +177,22 @@ def watch(
         max_conns=max_conns,
         buffer_pages=buffer_pages,
         perf_buffer=perf_buffer,
-        debug=bool(ctx.obj and ctx.obj.get("debug")),
         threads=threads,
     )
+    if req is not None:
+        require_targets(pids, all_processes)
+        run_watch(req)
+
+
+def request_or_print(ctx: click.Context, ebpf: bool, **fields: object) -> WatchRequest | None:
+    """The WatchRequest of a command that loads the program (watch, exporter);
+    None once --ebpf printed the program instead (no targets needed for that)."""
+    req = WatchRequest(debug=bool(ctx.obj and ctx.obj.get("debug")), **fields)  # type: ignore[arg-type]
     if ebpf:
         from tracer.kernel.build import program_text
 
         click.echo(program_text(req.probe_config()))
-        return
-    require_targets(pids, all_processes)
-    if interval <= 0:
+        return None
+    if req.interval_s <= 0:
         raise click.BadParameter("must be greater than 0", param_hint="'--interval'")
-    run_watch(req)
+    return req

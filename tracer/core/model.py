@@ -79,7 +79,7 @@ def format_endpoint(family: int, ip: str, port: int) -> str:
 class Creator(NamedTuple):
     """Who opened a connection, as the kernel saw it at connect() or accept time."""
 
-    opened_ns: int
+    opened_ns: int  # 0 when unknown (accepted sockets: their handshake is not recorded)
     tgid: int  # 0 when unknown (accepted sockets: the handshake ends in softirq)
     tid: int
     comm: str

@@ -1,13 +1,16 @@
-"""The watch loop: refresh every interval, report, drain events in between.
+"""The watch loop: refresh every interval, drain events in between.
 
-Shared by `closewait watch` and `closewait demo` (and by the exporter): the
-caller gives a Watcher, the options and an Output.
+`cycle` is the loop itself, shared by `closewait watch` and `closewait demo`
+(through `run`, which prints a report after each refresh) and by the
+exporter (which publishes its metrics there instead): the caller gives a
+Watcher and what to do with the changes.
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tracer.core.correlate import Changes
@@ -43,14 +46,55 @@ class StopFlag:
         self.reason = signal.Signals(signum).name
 
 
-def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) -> None:
-    """Refresh every interval until stopped, the duration ends or every target
-    exits; then print the final report. Events are drained between refreshes,
-    so an ENDED line appears as soon as the kernel reports it."""
-    deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
+def cycle(
+    watcher: Watcher,
+    interval_s: float,
+    stop: StopFlag,
+    emit: Callable[[Changes], None],
+    deadline: float | None = None,
+    until_finished: bool = True,
+    on_error: Callable[[Exception], None] | None = None,
+) -> Iterator[None]:
+    """Refresh, then yield to the caller (to report or publish), then drain
+    events until the next refresh, and again; every Changes goes to emit, so
+    an ENDED line appears as soon as the kernel reports it. Ends when stopped,
+    at `deadline` (time.monotonic()) or, with until_finished, once every
+    target has exited. With on_error, a refresh or drain that raises is
+    handed to it and the loop goes on (the next refresh reads everything
+    again); without, the exception ends the loop."""
 
-    def expired() -> bool:
-        return deadline is not None and time.monotonic() >= deadline
+    def guarded(step: Callable[..., Changes], *args: int) -> Changes:
+        if on_error is None:
+            return step(*args)
+        try:
+            return step(*args)
+        except Exception as exc:
+            on_error(exc)
+            return Changes()
+
+    def done() -> bool:
+        expired = deadline is not None and time.monotonic() >= deadline
+        return bool(stop) or expired or (until_finished and watcher.finished())
+
+    with gcpause.paused():
+        changes = guarded(watcher.refresh)
+    emit(changes)
+    while not done():
+        yield
+        next_refresh = time.monotonic() + interval_s
+        if deadline is not None:
+            next_refresh = min(next_refresh, deadline)
+        while not stop and (left := next_refresh - time.monotonic()) > 0:
+            emit(guarded(watcher.drain_events, max(1, int(min(left, 0.25) * 1000))))
+        with gcpause.paused():
+            changes = guarded(watcher.refresh)
+        emit(changes)
+
+
+def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) -> None:
+    """Report after every refresh until stopped, the duration ends or every
+    target exits; then print the final report."""
+    deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
 
     def emit(changes: Changes) -> None:
         for message in watcher.notices:
@@ -63,20 +107,9 @@ def run(watcher: Watcher, options: WatchOptions, out: Output, stop: StopFlag) ->
         emit(watcher.verify(out.shown(watcher.leaks())))
         out.report(watcher.leaks(), watcher.summary(time.time(), final=final))
 
-    with gcpause.paused():
-        changes = watcher.refresh()
-    emit(changes)
-    while not (stop or watcher.finished() or expired()):
+    for _ in cycle(watcher, options.interval_s, stop, emit, deadline):
         with gcpause.paused():
             report()
-        next_refresh = time.monotonic() + options.interval_s
-        if deadline is not None:
-            next_refresh = min(next_refresh, deadline)
-        while not stop and (left := next_refresh - time.monotonic()) > 0:
-            emit(watcher.drain_events(max(1, int(min(left, 0.25) * 1000))))
-        with gcpause.paused():
-            changes = watcher.refresh()
-        emit(changes)
     if watcher.finished():
         out.notice("every target has exited")
     with gcpause.paused():

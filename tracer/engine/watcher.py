@@ -376,6 +376,17 @@ class Watcher:
         """True when every given pid has exited (never with --all)."""
         return not self.targets.all_processes and not self.targets.live
 
+    def forget_gone(self) -> None:
+        """Forget the per-process history of processes that no longer exist.
+
+        --pid targets are forgotten when they exit (_sample_counts), but with
+        --all nothing says a process exited, so the history of every process
+        that ever leaked would grow for as long as the watch runs: the
+        exporter, which runs for months, calls this once per refresh."""
+        for pid in [p for p in self.history if not procfs.exists(p)]:
+            del self.history[pid]
+            self._fd_counts.pop(pid, None)
+
 
 def _comm_or(pid: int, default: str) -> str:
     try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from tracer.kernel import btf, preflight
 from tracer.kernel.abi import bpf_dir
+from tracer.system import procfs
 
 # Limits for map sizes given on the command line: the BPF hash maps are
 # preallocated, so a huge number would pin that much kernel memory.
@@ -30,6 +31,7 @@ class ProbeConfig:
     max_targets: int = 1024
     max_latency_buckets: int = 16384  # (process, port, log2 slot) triples
     max_peers: int = 4096  # (process, peer) pairs whose connects are counted (pool diagnosis)
+    max_listening_ports: int = 4096
     buffer_pages: int | None = None  # event buffer in pages (power of two); None: sized below
     filter_pids: bool = False  # record fd drops of targets only
     ring_buffer: bool | None = None  # None: when the kernel has it (5.8+)
@@ -61,6 +63,7 @@ class ProbeConfig:
 
     def cflags(self) -> list[str]:
         use_rb = preflight.ringbuf_supported() if self.ring_buffer is None else self.ring_buffer
+        lo, hi = procfs.ephemeral_port_range()
         flags = [
             f"-I{bpf_dir()}",
             f"-DCW_MAX_SOCKS={self.max_sockets}",
@@ -72,6 +75,9 @@ class ProbeConfig:
             f"-DCW_MAX_LAT={self.max_latency_buckets}",
             f"-DCW_MAX_FDS={self.max_fds}",
             f"-DCW_MAX_PEERS={self.max_peers}",
+            f"-DCW_MAX_LISTEN={self.max_listening_ports}",
+            f"-DCW_EPHEMERAL_LO={lo}",
+            f"-DCW_EPHEMERAL_HI={hi}",
         ]
         offsets = self.netns_offsets
         if offsets is not None:

@@ -36,6 +36,7 @@ from tracer.kernel.decode import (
     peer_key,
 )
 from tracer.kernel.tracepoints import TRACEPOINTS, usable
+from tracer.system import procfs
 
 
 class KernelProbe:
@@ -75,6 +76,10 @@ class KernelProbe:
         self._peer_armed = b[b"peer_armed"]
         self._peers: set[PeerKey] = set()  # mirrors the keys of peer_connects
         self._peers_armed = False  # mirrors peer_armed[0]
+        listening = b[b"listening"]
+        for port, count in procfs.listening_ports().items():
+            # Listeners opened before attach: the program sees the new ones.
+            bpf_maps.update(listening, listening.Key(port), listening.Leaf(count))
         self._fd_marks: dict[int, int] = {}  # tgid -> watched fds, mirrors watched_pids
         self._decoder = EventDecoder(b[b"event_layout"].Leaf)
         # TRACEPOINT_PROBEs are attached at load; the close probes only
@@ -244,6 +249,14 @@ class KernelProbe:
             LatencyBucket(k.tgid, SIDE_NAMES.get(k.side, "unknown"), k.port, k.slot, int(v.value))
             for k, v in self._latency.items()
         ]
+
+    def forget_latency(self, pids: set[int]) -> None:
+        """Delete the histogram entries of these processes (exited ones, once
+        read): a long-running exporter would otherwise fill the map with
+        processes that are gone, and then miss the closes of live ones."""
+        m = self._latency
+        for k in [k for k in m if k.tgid in pids]:
+            bpf_maps.delete(m, k)
 
     def stats(self) -> ProbeStats:
         s = self._stats

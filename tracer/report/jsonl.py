@@ -37,10 +37,7 @@ class JsonRenderer:
     def report(self, leaks: Sequence[Leak], s: Summary) -> Iterator[str]:
         """The lines of a report, generated: with 100,000 leaks they are tens
         of MB, written out in chunks rather than held at once."""
-        ts = repr(round(s.wall, 3))
-        shared = Fragments()
-        for lk in leaks:
-            yield leak_line(lk, s.now_ns, ts, shared)
+        yield from self.leaks(leaks, s.now_ns, s.wall)
         for g in s.groups:
             yield _dumps(group_json(g, s))
         comms = comms_of(s)
@@ -87,6 +84,13 @@ class JsonRenderer:
                 }
             )
         )
+
+    def leaks(self, leaks: Sequence[Leak], now_ns: int, wall: float) -> Iterator[str]:
+        """Leak lines outside a report (the exporter prints each leak once, when found)."""
+        ts = repr(round(wall, 3))
+        shared = Fragments()
+        for lk in leaks:
+            yield leak_line(lk, now_ns, ts, shared)
 
     def processes(self, ranks: Sequence[ProcessRank], wall: float) -> list[str]:
         return [
@@ -370,11 +374,8 @@ def leak_line(lk: Leak, now_ns: int, ts: str, shared: Fragments | None = None) -
             f'{{"pid":{h.pid},"comm":{shared.proc(lk, h.pid)[0]},"fd":{h.fd}}}' for h in hs
         )
         opener_holds = _JBOOL[lk.opener_holds]
-    if c is None:
-        opened = conn_txt = "null"
-    else:
-        opened = shared.opener(c)
-        conn_txt = f"{max(0, now_ns - c.opened_ns) / NS_PER_S:.3f}"
+    opened = "null" if c is None else shared.opener(c)
+    conn_txt = "null" if (opened_s := conn_age(lk, now_ns)) is None else f"{opened_s:.3f}"
     return (
         f'{{"type":"leak","pid":{pid},"comm":{comm},"fd":{fds[0]},'
         f'"fds":[{fds[0] if len(fds) == 1 else ",".join(map(str, fds))}],"inode":{lk.inode},'

@@ -41,6 +41,11 @@ class Output:
     def report(self, leaks: Sequence[Leak], summary: Summary) -> None:
         self._write(self.renderer.report(leaks, summary))
 
+    def leaks(self, leaks: Sequence[Leak], now_ns: int) -> None:
+        """New leaks, one line each (JSON lines only: the exporter's log)."""
+        assert isinstance(self.renderer, JsonRenderer), "leak lines are JSON only"
+        self._write(self.renderer.leaks(leaks, now_ns, time.time()))
+
     def processes(self, ranks: Sequence[ProcessRank], wall: float) -> None:
         self._write(self.renderer.processes(ranks, wall))
 

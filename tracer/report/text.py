@@ -44,7 +44,7 @@ def opened_by(leak: Leak) -> str:
 
 def conn_age(leak: Leak, now_ns: int) -> float | None:
     c = leak.creator
-    return None if c is None else max(0, now_ns - c.opened_ns) / NS_PER_S
+    return None if c is None or not c.opened_ns else max(0, now_ns - c.opened_ns) / NS_PER_S
 
 
 def container(leak: Leak) -> str | None:

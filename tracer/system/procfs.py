@@ -290,6 +290,24 @@ def ephemeral_port_range() -> tuple[int, int]:
         return 32768, 60999  # the kernel's default
 
 
+def listening_ports() -> dict[int, int]:
+    """Local port -> TCP listening sockets on it, in this network namespace
+    (/proc/net/tcp and tcp6; state 0A is LISTEN)."""
+    out: dict[int, int] = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{PROC}/net/{name}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == "0A":
+                        port = int(fields[1].rpartition(":")[2], 16)
+                        out[port] = out.get(port, 0) + 1
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def fd_limit(pid: int) -> int | None:
     """Soft RLIMIT_NOFILE of the process, or None if unknown/unlimited."""
     try:
