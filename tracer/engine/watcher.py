@@ -150,7 +150,7 @@ class Watcher:
         self._cw_full = stats.cw_full
         targets = None if self.targets.all_processes else frozenset(poll.pids)
         if needed:
-            obs = self._observe(poll, now, kernel, targets)
+            obs = self._observe(poll, now, targets)
             self._judged = old_enough
         else:
             obs = Observation(now, kernel, None, {}, {}, targets=targets)
@@ -166,11 +166,14 @@ class Watcher:
         changes.released_fds[:0] = early.released_fds
         return changes
 
-    def _observe(
-        self, poll: TargetPoll, now: int, kernel: dict, targets: frozenset[int] | None
-    ) -> Observation:
+    def _observe(self, poll: TargetPoll, now: int, targets: frozenset[int] | None) -> Observation:
         """The full reading: sock_diag in every namespace, holders from the fd index."""
         dump = dump_close_wait(self.pool, poll)
+        # The map again, after the dump (cheap: entries already decoded are
+        # reused): a socket in CLOSE_WAIT at the dump has its entry by now,
+        # whereas the read that decided on this dump may predate its FIN and
+        # would leave it an estimated age.
+        kernel = self.probe.read_sockets()
         self._dumped, self._last_dump = True, now
         for problem in dump.problems:
             if problem not in self._reported:
