@@ -58,6 +58,8 @@ class Pump(threading.Thread):
         self.head = bytearray()  # the first 64 KiB, for readiness and errors
         self.tail = b""
         self.done = False
+        self.mark: bytes | None = None  # a text to time: when it first arrived
+        self.mark_t: float | None = None
 
     def run(self) -> None:
         partial = carry = b""
@@ -71,6 +73,8 @@ class Pump(threading.Thread):
                 break
             if len(self.head) < 1 << 16:
                 self.head += chunk[: (1 << 16) - len(self.head)]
+            if self.mark is not None and self.mark_t is None and self.mark in self.head:
+                self.mark_t = now  # the read's own time: a waiter wakes up later
             self.lines += chunk.count(b"\n")
             prefix = carry[-64:]
             if b"ost " in prefix[-8:] + chunk:
@@ -178,6 +182,7 @@ class Tracer:
         self.pid = self.proc.pid
         self.out = Pump(out_r, self._on_stdout_line(), self.changed)
         self.err = Pump(err_r, None, self.changed)
+        self.out.mark = self.err.mark = spec.ready_text
         self.out.start()
         self.err.start()
         self.ready_s: float | None = None
@@ -206,7 +211,10 @@ class Tracer:
                 if left <= 0:
                     raise TracerFailed(f"{self.spec.name} not ready in {timeout}s")
                 self.changed.wait(min(left, 0.1))
-        self.ready_s = time.monotonic() - self.t_launch
+        # When the ready text arrived, not when this thread noticed (up to
+        # 0.1 s later): otherwise a report read meanwhile may seem earlier.
+        arrived = [p.mark_t for p in (self.out, self.err) if p.mark_t is not None]
+        self.ready_s = (min(arrived) if arrived else time.monotonic()) - self.t_launch
         time.sleep(settle)
         return self.ready_s
 
