@@ -304,3 +304,20 @@ def test_a_failed_refresh_is_counted_and_skipped() -> None:
     assert value(v, "closewait_leaks_started_total", comm="svc") == 2
     assert value(v, "closewait_fins_total") == 3
     assert ex.health()[0] is True
+
+
+def test_an_exhausted_pool_is_one_series_per_group_and_peer() -> None:
+    """The group verdicts' (pid, peer) pairs become closewait_pool_exhausted 1
+    under the pid's series identity; other peers and groups have no series."""
+    st = MetricState(max_peers=10, port_range=EPHEMERAL)
+    leaks = [leak(100, "java", 443, 10, 1), leak(101, "java", 443, 20, 2),
+             leak(102, "python3", 80, 30, 3)]  # fmt: skip
+    snap = st.snapshot(leaks, [], ProbeStats(), 100 * S, 0.0, exhausted=[(101, "10.0.0.9:443")])
+    pool = {k: x for k, x in samples(snap).items() if k[0] == "closewait_pool_exhausted"}
+    assert pool == {
+        (
+            "closewait_pool_exhausted",
+            (("comm", "java"), ("container", ""), ("peer", "10.0.0.9:443")),
+        ): 1
+    }
+    assert "closewait_pool_exhausted" in METRICS

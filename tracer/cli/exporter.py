@@ -145,7 +145,7 @@ def run_exporter(
     server.start()
     try:
         with attached(req) as (probe, stop):
-            watcher = Watcher(probe, targets, req.min_age_s)
+            watcher = Watcher(probe, targets, req.min_age_s, interval_s=req.interval_s)
             try:
                 ex = Exporter(
                     watcher,

@@ -23,6 +23,7 @@ from tracer import __version__
 from tracer.core.correlate import Changes
 from tracer.core.model import ProcInfo
 from tracer.core.summary import ProcessTrend
+from tracer.core.verdict import EXHAUSTED
 from tracer.engine import gcpause
 from tracer.engine.httpd import PATHS
 from tracer.engine.loop import StopFlag, cycle
@@ -158,7 +159,14 @@ class Exporter:
             if proc is None:
                 proc = self._procs[t.pid] = ProcInfo(t.comm, procfs.cgroup_path(t.pid))
             views.append((t, proc))
-        return self.state.snapshot(w.leaks(), views, summary.stats, summary.now_ns, summary.wall)
+        exhausted = [
+            (g.verdict.pid, g.endpoint)
+            for g in summary.groups
+            if g.verdict is not None and g.verdict.kind == EXHAUSTED
+        ]
+        return self.state.snapshot(
+            w.leaks(), views, summary.stats, summary.now_ns, summary.wall, exhausted
+        )
 
     def _harvest_latency(self, known: dict[int, ProcInfo]) -> set[int]:
         """Fold the kernel's FIN-to-close histogram into the series, then

@@ -71,6 +71,9 @@ METRICS: dict[str, str] = {
     "closewait_fd_limit": "Soft RLIMIT_NOFILE of that process (absent when unlimited).",
     "closewait_fd_exhaustion_eta_seconds": "Seconds until the group's first process runs out of "
     "file descriptors at its leak rate (absent when not growing).",
+    "closewait_pool_exhausted": "1 while closewait judges the group's connection pool to a "
+    "peer exhausted: every connection it holds to the peer is leaked, none was opened for "
+    "max(3 intervals, 10 s), none is ESTABLISHED (absent otherwise; see README, verdicts).",
     "closewait_leaks_started_total": "Leaks found (sockets that became leaks, "
     "or were found leaking at start).",
     "closewait_leaks_ended_total": "Leaks that ended, by reason (closed, exited, reset, "
@@ -105,6 +108,7 @@ class Group(NamedTuple):
     open_fds: int | None
     fd_limit: int | None
     eta_s: float | None
+    exhausted: tuple[str, ...] = ()  # peers whose pool a verdict calls exhausted
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ LATENCY_BOUNDS = tuple(floatToGoString(log2_bucket_bounds(s)[1] / 1e6) for s in 
 class _Acc:
     """A series' values while a snapshot is built."""
 
-    __slots__ = ("eta", "fd_pick", "live", "oldest", "peers", "rate")
+    __slots__ = ("eta", "exhausted", "fd_pick", "live", "oldest", "peers", "rate")
 
     def __init__(self) -> None:
         self.peers: Counter[str] = Counter()
@@ -166,6 +170,7 @@ class _Acc:
         self.rate: float | None = None
         self.eta: float | None = None
         self.fd_pick: tuple[float, int, int | None] | None = None  # (fill, open, limit)
+        self.exhausted: set[str] = set()
 
 
 class MetricState:
@@ -262,9 +267,11 @@ class MetricState:
         stats: ProbeStats,
         now_ns: int,
         wall: float,
+        exhausted: Iterable[tuple[int, str]] = (),
     ) -> Snapshot:
         """Aggregate the current leaks and watched processes by series. O(leaks)
-        here, in the loop, so that a scrape is O(series)."""
+        here, in the loop, so that a scrape is O(series). `exhausted`: the
+        (pid, peer) pairs whose pool a group verdict calls exhausted."""
         self.count_kernel(stats)
         accs: dict[Labels, _Acc] = {}
         idents: dict[int, Labels] = {}
@@ -288,6 +295,10 @@ class MetricState:
             if acc is None:
                 acc = accs[key] = _Acc()
             _add_process(acc, trend)
+        for pid, peer in exhausted:
+            key = idents.get(pid)
+            if key is not None and key in accs:
+                accs[key].exhausted.add(peer)
         self._idents = idents
         self._expire(accs.keys(), now_ns)
         for key in (*self._started, *self._ended, *self._latency):
@@ -296,13 +307,15 @@ class MetricState:
         groups = tuple(
             Group(
                 labels=key,
-                peers=top_peers(acc.peers, self.max_peers),
+                peers=(top := top_peers(acc.peers, self.max_peers)),
                 oldest_fin_ns=acc.oldest,
                 live=acc.live,
                 rate_per_s=acc.rate,
                 open_fds=None if acc.fd_pick is None else acc.fd_pick[1],
                 fd_limit=None if acc.fd_pick is None else acc.fd_pick[2],
                 eta_s=acc.eta,
+                # The same peers as leaked_sockets: beyond the top ones, "other".
+                exhausted=_within(acc.exhausted, top),
             )
             for key, acc in sorted(accs.items())
         )
@@ -363,8 +376,11 @@ def families(snap: Snapshot, now_ns: int, build: Mapping[str, str]) -> list[Metr
     open_fds = gauge("closewait_open_fds")
     fd_limit = gauge("closewait_fd_limit")
     eta = gauge("closewait_fd_exhaustion_eta_seconds")
+    pool = gauge("closewait_pool_exhausted", ("peer",))
     for g in snap.groups:
         labels = list(g.labels)
+        for peer in g.exhausted:
+            pool.add_metric([*labels, peer], 1)
         if g.peers:
             for peer, n in g.peers:
                 leaked.add_metric([*labels, peer], n)
@@ -402,7 +418,9 @@ def families(snap: Snapshot, now_ns: int, build: Mapping[str, str]) -> list[Metr
         bounds = [*LATENCY_BOUNDS, "+Inf"]
         latency.add_metric(list(key), list(zip(bounds, cumulative)), sum_value=None)
 
-    out: list[Metric] = [leaked, oldest, rate, open_fds, fd_limit, eta, started, ended, latency]
+    out: list[Metric] = [
+        leaked, oldest, rate, open_fds, fd_limit, eta, pool, started, ended, latency
+    ]  # fmt: skip
     for name in (
         "closewait_events_lost_total",
         "closewait_map_full_total",
@@ -458,12 +476,18 @@ class SnapshotCollector:
         return []
 
 
+def _within(peers: set[str], top: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    """peers named as in the top peers' labels (the others as OTHER_PEER)."""
+    shown = {p for p, _n in top}
+    return tuple(sorted({p if p in shown else OTHER_PEER for p in peers}))
+
+
 def series_bound(groups: int, max_peers: int = DEFAULT_MAX_PEERS) -> int:
     """The most series a scrape can hold for this many series identities:
-    per identity, max_peers + 1 leaked_sockets series, five gauges, one
-    started and one ended per reason, and a histogram of LATENCY_SLOTS + 1
-    buckets; plus the six global series."""
-    per_group = (max_peers + 1) + 5 + 1 + len(END_REASONS) + len(LATENCY_SLOTS) + 1
+    per identity, max_peers + 1 leaked_sockets series and as many
+    pool_exhausted ones, five gauges, one started and one ended per reason,
+    and a histogram of LATENCY_SLOTS + 1 buckets; plus the six global series."""
+    per_group = 2 * (max_peers + 1) + 5 + 1 + len(END_REASONS) + len(LATENCY_SLOTS) + 1
     return groups * per_group + 6
 
 
