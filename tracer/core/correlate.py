@@ -58,6 +58,9 @@ class Observation:
     exited: set[int] = field(default_factory=set)  # targets that exited
     targets: frozenset[int] | None = None  # None: every process is a target
     holders_complete: bool = False  # holders covers every process on the host
+    # The join of kernel and diag, when the gatherer built it already (it
+    # needs it to pick candidates): built once per dump, not twice.
+    index: KernelIndex | None = None
 
     def is_target(self, pid: int) -> bool:
         return is_target(self.targets, pid)

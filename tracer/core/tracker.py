@@ -116,7 +116,7 @@ class LeakTracker:
             return ch
         now = obs.now_ns
 
-        index = KernelIndex(obs.kernel, obs.diag)
+        index = obs.index or KernelIndex(obs.kernel, obs.diag)
         seen: set[int] = set()
         for d in obs.diag:
             seen.add(d.inode)

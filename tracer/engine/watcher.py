@@ -213,6 +213,7 @@ class Watcher:
             exited=set(self.targets.exited),
             targets=targets,
             holders_complete=self.targets.all_processes,
+            index=index,
         )
 
     def _young_preexisting_due(self, diag: list, index: KernelIndex, now: int) -> int | None:

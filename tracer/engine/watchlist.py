@@ -13,7 +13,7 @@ storm of closes costs O(1) per fd, not a pass over every leak.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from tracer.core.correlate import Changes, is_target
 from tracer.core.model import Holder, Leak
@@ -126,9 +126,6 @@ class WatchList:
 
     def marked(self, h: Holder) -> bool:
         return h.fd in self._fds.get(h.pid, ())
-
-    def pids(self) -> Iterable[int]:
-        return self._fds.keys()
 
     def clear(self) -> None:
         """Take back everything this session asked of the kernel, so that a

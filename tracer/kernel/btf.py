@@ -182,11 +182,6 @@ class BTF:
         return f"{kind} {t.name} size={t.ref}"
 
 
-def member_offset(btf: BTF, struct_name: str, path: str) -> int:
-    """Byte offset of `path` inside `struct_name`; BTFError if it is missing."""
-    return btf.member(struct_name, path).offset
-
-
 def netns_offsets(btf: BTF) -> tuple[int, int]:
     """(offset of `struct net *` in struct sock, offset of u32 inum in struct net).
 

@@ -22,11 +22,12 @@ from tracer.kernel.abi import bpf_dir
 from tracer.kernel.config import ProbeConfig
 
 
-def compile_program(config: ProbeConfig, verbose: bool = False) -> tuple[Any, list[str]]:
+def compile_program(config: ProbeConfig, verbose: bool = False) -> Any:
     """Compile and load the program (BCC attaches its TRACEPOINT_PROBEs now).
 
-    Returns the BPF object and what the compiler printed; with verbose, that
-    is also written to stderr (the --debug promise of the CLI)."""
+    What the compiler printed is condensed into the error when loading
+    fails; with verbose it is written to stderr as well (the --debug promise
+    of the CLI)."""
     from bcc import BPF  # imported late: preflight reports a missing bcc cleanly
 
     cflags = config.cflags()
@@ -41,7 +42,7 @@ def compile_program(config: ProbeConfig, verbose: bool = False) -> tuple[Any, li
     if verbose:
         _echo_diagnostics(diag)
     _return_compiler_memory()
-    return bpf, diag
+    return bpf
 
 
 def _echo_diagnostics(lines: list[str]) -> None:

@@ -57,7 +57,7 @@ class KernelProbe:
             raise CloseWaitError(ExitStatus.USAGE, "buffer pages must be a power of two")
 
         cflags = self.config.cflags()
-        self._bpf, self.compile_messages = compile_program(self.config, verbose)
+        self._bpf = compile_program(self.config, verbose)
         self.ring_buffer = "-DCW_USE_RINGBUF" in cflags
         # Whether kernel entries carry their network namespace (BTF offsets).
         self.netns_known = any(f.startswith("-DCW_OFF_SKC_NET=") for f in cflags)
